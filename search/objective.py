@@ -1,0 +1,66 @@
+"""The objective a worker runs: suggest a Config, train it, record what a person needs, return val accuracy."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import time
+from typing import Any, Callable
+
+import optuna
+
+from search.data import Split
+from search.settings import StudySettings
+from spaces import build_space, get_space_module
+
+# Space name -> trainer "module:function"; a trainer takes (config, split, epochs=, trial=, seed=, settings=)
+# and returns (model, TrainResult).
+TRAINERS = {"cnn": "search.cnn_model:train_cnn", "inception": "search.inception_model:train_inception"}
+
+
+def get_trainer(space: str) -> Callable[..., Any]:
+    module, function = TRAINERS[space].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def clear_tensorflow_state() -> None:
+    """Drop the previous trial's graph, layers and optimizer state so memory does not grow per trial."""
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the data split so it is loaded once per worker."""
+
+    def __init__(self, settings: StudySettings, split: Split) -> None:
+        self.settings = settings
+        self.split = split
+        self.space = build_space(settings.space, settings.space_overrides)
+        self.module = get_space_module(settings.space)
+        self.trainer = get_trainer(settings.space)
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        import keras
+
+        start = time.perf_counter()
+        try:
+            config = self.module.suggest(trial, self.space)
+        except self.module.InfeasibleConfig as err:
+            # Pruned rather than failed: the sampler learns from pruned trials, it ignores failed ones.
+            trial.set_user_attr("infeasible", str(err))
+            raise optuna.TrialPruned(f"infeasible configuration: {err}") from None
+        seed = self.settings.seed + trial.number
+        keras.utils.set_random_seed(seed)
+        try:
+            _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
+                                     settings=self.settings)
+        finally:
+            clear_tensorflow_state()
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+        if result.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {result.pruned_at}")
+        return result.best_val_accuracy

@@ -1,0 +1,114 @@
+"""Study settings: what a trial means. Stored in the study's user attrs when it is created, read back by
+every worker, and compared with the flags of a resuming command (a difference is a clear error)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.errors import ConfigError
+
+SETTINGS_ATTR = "hpo_settings"
+FORMAT_ATTR = "hpo_format"
+FORMAT = 1
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "median", "none")
+ENGINES = ("optuna", "kerastuner")
+# Flags that change how much is run, not what a trial means: a resuming command may change them.
+BUDGET_FIELDS = ("n_trials", "timeout")
+# The data's location may differ between machines; its fingerprint may not.
+LOCAL_FIELDS = ("data",)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    space: str = "cnn"
+    space_overrides: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # None: CIFAR-10 through keras.datasets
+    data_fingerprint: str | None = None
+    val_size: int = 5000
+    subset: int | None = None
+    epochs: int = 20
+    seed: int = 0
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    baseline: bool = True
+    weights: str = "imagenet"
+    engine: str = "optuna"
+    n_trials: int | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
+            (self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, but got {self.pruner!r}"),
+            (self.engine in ENGINES, f"--engine must be one of {list(ENGINES)}, but got {self.engine!r}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, but got {self.epochs}"),
+            (self.val_size >= 10, f"--val-size must be >= 10, but got {self.val_size}"),
+            (self.subset is None or self.subset >= 10, f"--subset must be >= 10, but got {self.subset}"),
+            (self.n_trials is None or self.n_trials >= 1, f"--n-trials must be >= 1, but got {self.n_trials}"),
+            (self.timeout is None or self.timeout > 0, f"--timeout must be > 0 seconds, but got {self.timeout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {SETTINGS_ATTR: dataclasses.asdict(self), FORMAT_ATTR: FORMAT}
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> "StudySettings":
+        attrs = study.user_attrs
+        if SETTINGS_ATTR not in attrs:
+            raise ConfigError(f"study {study.study_name!r} was not created by hpo (no {SETTINGS_ATTR} attribute)")
+        if attrs.get(FORMAT_ATTR, 0) > FORMAT:
+            raise ConfigError(f"study {study.study_name!r} was written by a newer hpo (format {attrs[FORMAT_ATTR]}); upgrade cifar-hpo")
+        stored = dict(attrs[SETTINGS_ATTR])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+def resolve(stored: StudySettings | None, given: dict[str, Any]) -> StudySettings:
+    """Settings for this command: the stored ones, or new ones from ``given`` (the flags actually passed).
+
+    A resuming command may repeat a setting or leave it out; a different value is a ConfigError.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    if stored is None:
+        return StudySettings(**given)
+    conflicts = [
+        f"{name}: study has {getattr(stored, name)!r}, command asks {value!r}"
+        for name, value in given.items()
+        if name not in BUDGET_FIELDS + LOCAL_FIELDS and getattr(stored, name) != value
+    ]
+    if conflicts:
+        raise ConfigError(
+            "settings differ from the existing study (" + "; ".join(conflicts) + "); "
+            "drop those flags to resume it, or choose a new --study name"
+        )
+    return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in BUDGET_FIELDS + LOCAL_FIELDS})
+
+
+def absolute_data_path(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def make_sampler(settings: StudySettings, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate; constant liar so parallel workers spread out) or random; seeded per worker."""
+    seed = settings.seed + 1000 * worker_index
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
+    """Hyperband over epochs (default), median, or none. Steps are epochs completed (1..epochs)."""
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs, reduction_factor=3)
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,84 @@
+"""Open (create or resume) an hpo study: settings from the study, data checked against its fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from search.data import Split, load_cifar10, split_train_val
+from search.errors import ConfigError
+from search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
+from spaces import build_space, get_space_module, load_overrides
+from spaces.bounds import outside_bounds
+from storage import make_storage, open_study, study_exists
+from storage.urls import DEFAULT_HEARTBEAT_S
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    settings: StudySettings
+    split: Split
+    created: bool
+    notes: list[str]  # one-line messages for the CLI to print (e.g. baseline not enqueued)
+
+
+def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_index: int = 0,
+                   heartbeat_interval: int = DEFAULT_HEARTBEAT_S, data_override: str | None = None,
+                   space_config: str | None = None) -> OpenedStudy:
+    """``given`` holds the flags passed (None: join an existing study, never create).
+
+    Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched.
+    """
+    storage = make_storage(url, heartbeat_interval=heartbeat_interval, create=given is not None)
+    exists = study_exists(storage, name)
+    if not exists and given is None:
+        open_study(storage, name)  # raises the "does not exist" ConfigError with the known names
+    stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
+    if given is not None and "data" in given:
+        given = {**given, "data": absolute_data_path(given["data"])}
+    if space_config is not None:
+        space_name = (given or {}).get("space") or (stored.space if stored else "cnn")
+        try:
+            given = {**(given or {}), "space_overrides": load_overrides(space_config, space_name)}
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from None
+    settings = resolve(stored, given or {})
+    if data_override is not None:
+        settings = dataclasses.replace(settings, data=absolute_data_path(data_override))
+    try:
+        space = build_space(settings.space, settings.space_overrides)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"space {settings.space!r}: {err}") from None
+    if settings.space == "inception":
+        from search.inception_model import check_weights
+
+        check_weights(settings.weights)
+    data = load_cifar10(settings.data)
+    fingerprint = data.fingerprint()
+    if settings.data_fingerprint not in (None, fingerprint):
+        raise ConfigError(
+            f"the data at {settings.data or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data "
+            f"study {name!r} was run on ({settings.data_fingerprint}); pass --data with the study's data"
+        )
+    settings = dataclasses.replace(settings, data_fingerprint=fingerprint)
+    split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+    notes: list[str] = []
+    study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
+                       sampler=make_sampler(settings, worker_index), pruner=make_pruner(settings))
+    if not exists and settings.baseline:
+        notes.append(enqueue_baseline(study, settings.space, space))
+    return OpenedStudy(study, settings, split, created=not exists, notes=[n for n in notes if n])
+
+
+def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
+    """Queue the hand-tuned model as the first trial, unless the (overridden) bounds exclude it."""
+    params = get_space_module(space_name).BASELINE.to_params()
+    outside = outside_bounds(space, params)
+    if outside:
+        return f"seed baseline not enqueued: its {', '.join(outside)} lie outside this study's bounds"
+    study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    return ""

@@ -1,0 +1,59 @@
+"""WHAT is searched. Pure Python (no TensorFlow): each space is bounds as data + suggest(trial) -> Config.
+
+Every space module exports NAME, Space (a frozen dataclass of bounds), Config, suggest(trial, space),
+BASELINE (a Config enqueued as the first trial), config_from_params(params) and InfeasibleConfig.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from spaces.bounds import with_overrides
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SPACE_NAMES = ("cnn", "inception")
+
+
+def get_space_module(name: str) -> ModuleType:
+    if name not in SPACE_NAMES:
+        raise ValueError(f"unknown space {name!r}; choose one of {list(SPACE_NAMES)}")
+    return importlib.import_module(f"spaces.{name}")
+
+
+def load_overrides(path: str | Path, space_name: str) -> dict[str, Any]:
+    """Bound overrides from a TOML file: either flat tables per parameter, or under a [SPACE] table.
+
+    Example::
+
+        [cnn]
+        depth = {low = 2, high = 3}
+        optimizer = {choices = ["adam"]}
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"space config {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read space config {str(path)!r}: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"space config {str(path)!r} is not valid TOML: {err}") from None
+    if space_name in data and isinstance(data[space_name], dict):
+        data = data[space_name]
+    other = [name for name in SPACE_NAMES if name != space_name and name in data]
+    if other:
+        raise ValueError(f"space config {str(path)!r} has a [{other[0]}] table but the study's space is {space_name!r}")
+    return data
+
+
+def build_space(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The space's default bounds with overrides applied; raises ValueError for unknown or impossible bounds."""
+    module = get_space_module(name)
+    return with_overrides(module.Space(), overrides or {}, name)

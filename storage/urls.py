@@ -1,0 +1,176 @@
+"""One function turns a storage URL into an Optuna storage, with settings that keep workers alive.
+
+SQLite: WAL journal (readers such as the dashboard never block writers), a 60 s busy timeout, and
+``BEGIN IMMEDIATE`` transactions: pysqlite's default deferred BEGIN upgrades a read lock to a write lock
+mid-transaction, and SQLite answers that with an immediate "database is locked" that no timeout waits out.
+PostgreSQL: ``pool_pre_ping`` (connections the server dropped are replaced at checkout), a small pool,
+and retries of calls that failed on a dropped connection.
+Every RDB storage gets heartbeats, and stale trials (a killed worker) are failed and re-queued.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from search.errors import ConfigError
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///hpo.db"
+DEFAULT_HEARTBEAT_S = 30
+MAX_RETRY_OF_STALE_TRIAL = 2
+SQLITE_BUSY_TIMEOUT_S = 60
+MEMORY_URL = "memory://"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for every message, log line and report."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+def is_memory(url: str) -> bool:
+    return url in (MEMORY_URL, "memory", ":memory:")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute database file of a sqlite URL (relative paths resolve against the working directory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+def normalize_url(url: str) -> str:
+    """Resolve relative SQLite paths, so every process and message names the same file; check the URL."""
+    if is_memory(url):
+        return MEMORY_URL
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"storage URL {mask_url(url)!r} is not a database URL; use sqlite:///hpo.db or "
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = sqlite_path(url)
+        if path is None:
+            raise ConfigError("an in-memory SQLite URL is not shared between processes; use memory:// or a file")
+        if not path.parent.is_dir():
+            raise ConfigError(f"SQLite storage {mask_url(url)!r}: folder {str(path.parent)!r} does not exist")
+        return f"sqlite:///{path}"
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return parsed.render_as_string(hide_password=False)
+    raise ConfigError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+
+
+def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
+                               isolation_level=None)  # transactions begun explicitly, see _begin_immediate
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    return connect
+
+
+def _is_disconnect(err: BaseException) -> bool:
+    cause = err if isinstance(err, sqlalchemy.exc.DBAPIError) else err.__cause__
+    return isinstance(cause, sqlalchemy.exc.DBAPIError) and (
+        cause.connection_invalidated or isinstance(cause, sqlalchemy.exc.OperationalError)
+    )
+
+
+def _retrying(method: Callable[..., Any], attempts: int = 4) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(attempts):
+            try:
+                return method(*args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError) as err:
+                if attempt == attempts - 1 or not _is_disconnect(err):
+                    raise
+                _logger.warning("storage connection lost (%s); retrying", type(err.__cause__ or err).__name__)
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return call
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose idempotent calls are retried when the server dropped the connection.
+
+    Creating a trial is not retried (a retry could create two); the worker loop handles that failure.
+    """
+
+    _IDEMPOTENT = (
+        "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+        "get_study_system_attrs", "get_all_studies", "get_trial", "get_all_trials", "get_n_trials",
+        "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+        "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
+        "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+        "set_study_user_attr", "set_study_system_attr", "record_heartbeat", "_get_stale_trial_ids",
+        "get_heartbeat_interval", "get_failed_trial_callback", "set_trial_state_values",
+    )
+
+
+for _name in ResilientRDBStorage._IDEMPOTENT:
+    if hasattr(optuna.storages.RDBStorage, _name):
+        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+
+
+def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEARTBEAT_S,
+                 *, create: bool = True) -> optuna.storages.BaseStorage:
+    """The Optuna storage for ``url``; raises ConfigError with one clear line when it cannot be opened.
+
+    ``create=False`` refuses to create a new SQLite file (commands that only read or join a study).
+    """
+    if heartbeat_interval < 1:
+        raise ConfigError(f"heartbeat interval must be >= 1 s, but got heartbeat_interval={heartbeat_interval}")
+    url = normalize_url(url)
+    if url == MEMORY_URL:
+        return optuna.storages.InMemoryStorage()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable enough
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
+    common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry)
+    path = sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        raise ConfigError(f"SQLite storage {str(path)!r} does not exist; check --storage")
+    if path is not None:
+        engine_kwargs: dict[str, Any] = {"creator": _sqlite_creator(path)}
+    else:
+        engine_kwargs = {
+            "pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 600,
+            "connect_args": {"connect_timeout": 10},
+        }
+    try:
+        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **common)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, sqlite3.Error) as err:
+        raise ConfigError(f"cannot open storage {mask_url(url)}: {_first_line(err)}") from None
+    except ImportError as err:
+        raise ConfigError(f"storage {mask_url(url)} needs a driver: {err}; pip install 'cifar-hpo[postgres]'") from None
+    if path is not None:
+        event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
+
+
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "orig", None) or err.__cause__ or err
+    text = str(cause).strip().splitlines()
+    return mask_url(text[0] if text else type(cause).__name__)
