@@ -10,6 +10,7 @@ import optuna
 
 from search.data import Split, load_cifar10, split_train_val
 from search.errors import ConfigError
+from search.study_note import annotate_new_study
 from search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
 from spaces import build_space, get_space_module, load_overrides
 from spaces.bounds import outside_bounds
@@ -69,8 +70,10 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
     notes: list[str] = []
     study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
                        sampler=make_sampler(settings, worker_index), pruner=make_pruner(settings))
-    if not exists and settings.baseline:
-        notes.append(enqueue_baseline(study, settings.space, space))
+    if not exists:
+        annotate_new_study(study, settings, space)
+        if settings.baseline:
+            notes.append(enqueue_baseline(study, settings.space, space))
     return OpenedStudy(study, settings, split, created=not exists, notes=[n for n in notes if n])
 
 

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny synthetic CIFAR-shaped data, the PostgreSQL test server, the real offline assets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = ROOT.parent / "shared" / "assets"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def make_tiny_cifar(n_train: int = 500, n_test: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+    """CIFAR-shaped uint8 arrays a tiny model can learn fast: each class has its own mean colour."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, size=(10, 3))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 10
+        rng.shuffle(y)
+        noise = rng.normal(0, 25, size=(n, 32, 32, 3))
+        x = np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        return x, y.astype(np.uint8)
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.npz"
+    np.savez(path, **make_tiny_cifar())
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skipped when absent, unless HPO_REQUIRE_POSTGRES=1 (CI), which fails instead."""
+    url = os.environ.get("HPO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
+                                          connect_args={"connect_timeout": 5})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as err:  # any failure to reach the server means the same thing here
+        if os.environ.get("HPO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required (HPO_REQUIRE_POSTGRES=1) but {url} is unreachable: {err}")
+        pytest.skip(f"PostgreSQL at {url} is unreachable: {err}")
+    return url
+
+
+@pytest.fixture
+def unique_study() -> str:
+    """A study name no other test (or earlier run) uses."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pg_study(postgres_url: str, unique_study: str):
+    """A unique study name on PostgreSQL, deleted after the test."""
+    yield unique_study
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=unique_study, storage=postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    except KeyError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def real_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real CIFAR-10 npz and ImageNet InceptionV3 weights, rebuilt from ../shared/assets."""
+    materialize = SHARED_ASSETS / "materialize"
+    if not materialize.exists():
+        pytest.skip(f"{materialize} not found")
+    out = Path(os.environ.get("HPO_ASSETS_DIR") or tmp_path_factory.mktemp("assets"))
+    subprocess.run([sys.executable, str(materialize), str(out)], check=True)
+    return out
