@@ -80,14 +80,15 @@ def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:
     return None if args.timeout is not None else DEFAULT_N_TRIALS
 
 
-def run_trials(opened: Any, n_trials: int | None, timeout: float | None, description: str) -> int:
+def run_trials(opened: Any, n_trials: int | None, timeout: float | None, description: str,
+               quiet: bool = False) -> int:
     """Run this process's trials with a progress bar; returns the exit code."""
     from search.objective import Objective
     from search.progress import StudyProgress
     from search.worker import count_trials, run_worker
 
     study = opened.study
-    progress = StudyProgress(n_trials, description)
+    progress = StudyProgress(n_trials, description, disable=quiet)
     progress.show(count_trials(study))
     try:
         objective = Objective(opened.settings, opened.split)
@@ -98,11 +99,18 @@ def run_trials(opened: Any, n_trials: int | None, timeout: float | None, descrip
         return 1
     finally:
         progress.close()
+    if not quiet:
+        print(summary_line(study))
+    return 0
+
+
+def summary_line(study: Any) -> str:
+    from search.worker import count_trials
+
     counts = count_trials(study)
     best = f"{counts.best:.4f}" if counts.best is not None else "none"
-    print(f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
-          f"{counts.failed} failed; best validation accuracy {best}")
-    return 0
+    return (f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
+            f"{counts.failed} failed; best validation accuracy {best}")
 
 
 def run(args: argparse.Namespace) -> int:

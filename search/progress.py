@@ -10,9 +10,10 @@ from search.worker import Counts
 
 
 class StudyProgress:
-    def __init__(self, total: int | None, description: str) -> None:
+    def __init__(self, total: int | None, description: str, disable: bool = False) -> None:
+        # disable=None: off when stderr is not a terminal, so logs and CI output stay clean
         self._bar = tqdm(total=total, desc=description, unit="trial", file=sys.stderr, dynamic_ncols=True,
-                         disable=None)  # None: off when stderr is not a terminal (CI logs stay clean)
+                         disable=True if disable else None)
         self._shown = 0
 
     def show(self, counts: Counts, baseline_value: float | None = None) -> None:

@@ -15,6 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class BudgetReached(Exception):
+    """Raised in a trial that another worker's trials already made surplus (a race between two asks)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ def count_trials(study: optuna.Study) -> Counts:
                   by_state[TrialState.RUNNING], by_state[TrialState.WAITING], max(values) if values else None)
 
 
+def _active_before(trial: optuna.trial.Trial) -> int:
+    """Trials numbered before ``trial`` that are finished or running (they hold a place in the budget)."""
+    return sum(1 for t in trial.study.get_trials(deepcopy=False, states=ACTIVE) if t.number < trial.number)
+
+
 def _fail_stale(study: optuna.Study) -> None:
     storage = study._storage  # Optuna exposes no public accessor; fail_stale_trials needs an RDB storage
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
@@ -60,6 +70,17 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     ran, failures_in_a_row = 0, 0
     states: list[TrialState] = []  # this worker's trials only (others interleave in the study)
     callbacks = [lambda _study, trial: states.append(trial.state)] + ([on_trial_end] if on_trial_end else [])
+    surplus: list[int] = []
+
+    def guarded(trial: optuna.trial.Trial) -> float:
+        # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
+        # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
+        if n_trials is not None and _active_before(trial) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            surplus.append(trial.number)
+            raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
+        return objective(trial)
+
     while deadline is None or time.monotonic() < deadline:
         if n_trials is not None:
             counts = count_trials(study)
@@ -70,8 +91,10 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 _fail_stale(study)
                 time.sleep(poll_seconds)
                 continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+        study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
         ran += 1
+        if surplus:
+            break
         failures_in_a_row = failures_in_a_row + 1 if states and states[-1] == TrialState.FAIL else 0
         if failures_in_a_row >= max_consecutive_failures:
             raise RuntimeError(f"{failures_in_a_row} trials failed in a row; see the errors above")
