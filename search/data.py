@@ -82,6 +82,10 @@ def _from_keras() -> Cifar10:
 
 
 def _from_npz(path: Path) -> Cifar10:
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise ConfigError(f"--data {str(path)!r} is not a readable .npz file (not a zip archive); "
+                              "give a .npz, a cifar-10-batches-py folder or cifar-10-python.tar.gz")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
