@@ -1,0 +1,367 @@
+"""Renderers: one document model (headings, paragraphs, tables, images, code) written as Markdown or as
+self-contained HTML (images embedded as base64), plus the ranking as JSON and CSV.
+
+``report_blocks`` decides what the report says; ``to_markdown``/``to_html`` only decide how it looks, so
+both files always carry the same content.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
+from reports.ranking import RankedRow, StudyRanking, TestRow, label, param_names
+
+CSV_FIELDS = ("study", "rank", "trial", "state", "baseline", "val_accuracy", "gain_vs_baseline", "best_epoch",
+              "epochs_run", "n_params", "fit_seconds", "images_per_s", "wall_seconds", "test_accuracy_mean",
+              "test_accuracy_std", "test_seeds")
+FEW_TRIALS = 10  # below this many completed trials, fANOVA importances are mostly noise
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    align_right_from: int = 1  # columns from this index are numbers
+
+
+@dataclass(frozen=True)
+class Image:
+    title: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+Block = Heading | Paragraph | Table | Image | Code
+
+
+@dataclass
+class ReportMeta:
+    title: str = "Hyperparameter search report"
+    generated: str = ""
+    storage: str = ""
+    top_k: int = 5
+    class_names: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- formatting helpers
+def pct(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
+
+
+def points(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:+.2f} pts"
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "—"
+        return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f}% ± {100 * std:.2f}"
+
+
+def row_label(row: RankedRow) -> str:
+    return label(row.trial, row.baseline)
+
+
+# ---------------------------------------------------------------- the document
+def report_blocks(rankings: Sequence[StudyRanking], meta: ReportMeta) -> list[Block]:
+    blocks: list[Block] = [Heading(meta.title, 1)]
+    studies = ", ".join(f"`{r.study}` ({r.space})" for r in rankings)
+    blocks.append(Paragraph(f"Studies: {studies}. Storage: `{meta.storage}`. Generated {meta.generated}."))
+    if len(rankings) > 1:
+        blocks += comparison_blocks(rankings, meta.class_names)
+    for ranking in rankings:
+        blocks += study_blocks(ranking, meta)
+    return blocks
+
+
+def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
+    s, c = r.settings, r.counts
+    blocks: list[Block] = [Heading(f"Study `{r.study}` (space `{r.space}`)", 2)]
+    data = s.get("data") or "keras.datasets.cifar10"
+    blocks.append(Paragraph(
+        f"Data `{data}` (fingerprint `{s.get('data_fingerprint')}`), validation {s.get('val_size')} images, "
+        f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
+        f"sampler {s.get('sampler')}, pruner {s.get('pruner')}."))
+    blocks.append(Paragraph(
+        f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of them infeasible configurations), "
+        f"{c.failed} failed, {c.running} running, {c.waiting} waiting."))
+    for note in r.notes:
+        blocks.append(Paragraph(f"Note: {note}"))
+    blocks += validation_blocks(r, meta.top_k)
+    if r.test_rows:
+        blocks += test_blocks(r, meta.class_names)
+    if r.plots:
+        blocks.append(Heading("Plots", 3))
+        blocks += [Image(title, file) for title, file in r.plots.items()]
+    if r.importances:
+        blocks.append(Heading("Parameter importances (fANOVA, on validation accuracy)", 3))
+        if r.counts.complete < FEW_TRIALS:
+            blocks.append(Paragraph(f"Computed from only {r.counts.complete} completed trials: with fewer than "
+                                    f"{FEW_TRIALS}, importances are indicative at best."))
+        blocks.append(Table(["parameter", "importance"],
+                            [[name, f"{value:.3f}"] for name, value in r.importances.items()]))
+    blocks.append(Heading("Best configuration", 3))
+    if r.best_config:
+        src = r.best_config["source"]
+        blocks.append(Paragraph(
+            f"`best_config.json` holds trial {src['trial']} (highest validation accuracy; the test set never "
+            f"chooses), {r.best_config['epochs']} epochs, seed {r.best_config['seed']}. Retrain it with "
+            f"`hpo retrain --config best_config.json --out model.keras`."))
+    else:
+        blocks.append(Paragraph("No completed trial yet: nothing to export."))
+    return blocks
+
+
+def validation_blocks(r: StudyRanking, top_k: int) -> list[Block]:
+    from reports.ranking import top_rows
+
+    blocks: list[Block] = [Heading(f"Validation ranking (top {min(top_k, len(r.rows))} of {len(r.rows)} completed)", 3)]
+    if not r.rows:
+        blocks.append(Paragraph("No completed trial."))
+    shown = top_rows(r.rows, top_k)
+    header = ["rank", "configuration", "val accuracy", "gain vs baseline", "best epoch", "epochs run", "parameters",
+              "fit time (s)", "images/s"]
+    rows = [[str(row.rank), row_label(row), pct(row.val_accuracy), "baseline" if row.baseline else points(row.gain_vs_baseline), num(row.best_epoch),
+             num(row.epochs_run), num(row.n_params), num(row.fit_seconds), num(row.images_per_s, 0)] for row in shown]
+    if r.baseline is not None and r.baseline.rank is None:
+        b = r.baseline
+        rows.append([f"({b.state.lower()})", row_label(b), pct(b.val_accuracy), "—", num(b.best_epoch),
+                     num(b.epochs_run), num(b.n_params), num(b.fit_seconds), num(b.images_per_s, 0)])
+    if rows:
+        blocks.append(Table(header, rows, align_right_from=2))
+    if r.baseline is None:
+        blocks.append(Paragraph("This study has no seed-baseline trial, so gains over it are not shown."))
+    params_shown = [row for row in shown] + ([r.baseline] if r.baseline is not None and r.baseline.rank is None else [])
+    if params_shown:
+        blocks.append(Heading("Parameters of the configurations above", 4))
+        names = param_names(params_shown)
+        blocks.append(Table(["parameter"] + [row_label(row) for row in params_shown],
+                            [[name] + [num(row.params.get(name), 4) for row in params_shown] for name in names]))
+    return blocks
+
+
+def test_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]:
+    blocks: list[Block] = [Heading("Test-set evaluation (ranked by test mean)", 3)]
+    blocks.append(Paragraph(
+        "Each configuration was retrained on the training split from scratch with each seed for the epochs shown "
+        "(its best epoch in the search unless --epochs was given), then evaluated once on the test set."))
+    blocks.append(Table(
+        ["rank", "configuration", "test accuracy (mean ± std)", "seeds", "epochs", "val accuracy",
+         "gain vs baseline (test)", "macro F1"],
+        [[str(t.rank), label(t.trial, t.baseline), mean_std(t.mean, t.std), str(t.seeds), str(t.epochs),
+          pct(t.val_accuracy), "baseline" if t.baseline else points(t.gain_vs_baseline), f"{t.macro_f1:.4f}"]
+         for t in r.test_rows],
+        align_right_from=2))
+    sep = r.separation
+    if sep is not None:
+        blocks.append(Paragraph(sep.sentence()))
+    for t in r.test_rows:
+        summary = r.summaries[t.key]
+        blocks.append(Heading(f"Per-class report: {label(t.trial, t.baseline)} (mean over {t.seeds} seed(s))", 4))
+        blocks.append(class_table(summary.report, class_names))
+        file = r.plots_confusion.get(t.key)
+        if file:
+            blocks.append(Image(f"Confusion matrix: {label(t.trial, t.baseline)}", file))
+    return blocks
+
+
+def class_table(report: Mapping[str, Any], class_names: Sequence[str]) -> Table:
+    """scikit-learn's classification_report layout as a table: classes, accuracy, macro and weighted avg."""
+    rows = [[name] + [f"{report[name][m]:.4f}" for m in REPORT_ROWS[:3]] + [str(int(report[name]["support"]))]
+            for name in class_names]
+    support = str(int(report["macro avg"]["support"]))
+    rows.append(["accuracy", "", "", f"{report['accuracy']:.4f}", support])
+    rows += [[name] + [f"{report[name][m]:.4f}" for m in REPORT_ROWS[:3]] + [str(int(report[name]["support"]))]
+             for name in AVERAGES]
+    return Table(["class", *REPORT_ROWS], rows)
+
+
+def comparison_blocks(rankings: Sequence[StudyRanking], class_names: Sequence[str]) -> list[Block]:
+    """Side by side: each study's best configuration (by test mean if evaluated, else by validation)."""
+    blocks: list[Block] = [Heading("Comparison of studies", 2)]
+    picks = [best_pick(r) for r in rankings]
+    header = ["", *[f"`{r.study}` ({r.space})" for r in rankings]]
+    rows = [
+        ["best configuration", *[p["label"] for p in picks]],
+        ["best val accuracy", *[pct(r.rows[0].val_accuracy) if r.rows else "—" for r in rankings]],
+        ["test accuracy (mean ± std)", *[p["test"] for p in picks]],
+        ["parameters", *[num(p["n_params"]) for p in picks]],
+        ["training time (s)", *[num(p["fit_seconds"]) for p in picks]],
+        ["completed / pruned / failed", *[f"{r.counts.complete} / {r.counts.pruned} / {r.counts.failed}" for r in rankings]],
+    ]
+    for name in class_names:
+        rows.append([f"F1 {name}", *[f"{p['report'][name]['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
+    rows.append(["macro F1", *[f"{p['report']['macro avg']['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
+    blocks.append(Table(header, rows))
+    if not all(p["report"] for p in picks):
+        blocks.append(Paragraph("Test columns are empty for studies without a test-set evaluation (run with --evaluate)."))
+    return blocks
+
+
+def best_pick(r: StudyRanking) -> dict[str, Any]:
+    if r.test_rows:
+        t = r.test_rows[0]
+        summary = r.summaries[t.key]
+        row = next((x for x in r.rows if x.trial == t.trial), None)
+        return {"label": label(t.trial, t.baseline), "test": mean_std(t.mean, t.std), "n_params": summary.n_params,
+                "fit_seconds": summary.fit_seconds if row is None else row.fit_seconds, "report": summary.report}
+    if r.rows:
+        row = r.rows[0]
+        return {"label": row_label(row), "test": "—", "n_params": row.n_params, "fit_seconds": row.fit_seconds,
+                "report": None}
+    return {"label": "—", "test": "—", "n_params": None, "fit_seconds": None, "report": None}
+
+
+# ---------------------------------------------------------------- Markdown and HTML
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Paragraph):
+            out.append(block.text)
+        elif isinstance(block, Table):
+            cells = lambda row: "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"  # noqa: E731
+            align = ["---" if i < block.align_right_from else "---:" for i in range(len(block.header))]
+            out.append("\n".join([cells(block.header), "| " + " | ".join(align) + " |", *map(cells, block.rows)]))
+        elif isinstance(block, Image):
+            out.append(f"![{block.title}]({block.file})")
+        elif isinstance(block, Code):
+            out.append(f"```\n{block.text}\n```")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;
+padding:.25em .6em}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}figure{margin:1em 0}code{background:#f5f5f5;padding:0 .2em}
+pre{background:#f5f5f5;padding:.8em;overflow:auto}"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code> (the only inline markup the report uses)."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str = "hpo report") -> str:
+    """A single HTML file: every image inlined as a data: URI, so it opens anywhere without its folder."""
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            body.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td{' class=n' if i >= block.align_right_from else ''}>{_inline(c)}</td>"
+                                 for i, c in enumerate(row)) + "</tr>" for row in block.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Image):
+            data = images.get(block.file)
+            if data is None:
+                body.append(f"<p>(missing image {html.escape(block.file)})</p>")
+            else:
+                uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(block.title)}" src="{uri}">'
+                            f"<figcaption>{html.escape(block.title)}</figcaption></figure>")
+        elif isinstance(block, Code):
+            body.append(f"<pre>{html.escape(block.text)}</pre>")
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------- machine-readable ranking
+def _test_of(r: StudyRanking, trial: int) -> Any:
+    return next((r.summaries[t.key] for t in r.test_rows if t.trial == trial), None)
+
+
+def ranking_json(rankings: Sequence[StudyRanking], meta: ReportMeta) -> str:
+    studies = []
+    for r in rankings:
+        sep = r.separation
+        studies.append({
+            "study": r.study, "space": r.space, "settings": r.settings, "counts": {
+                "complete": r.counts.complete, "pruned": r.counts.pruned, "infeasible": r.counts.infeasible,
+                "failed": r.counts.failed, "running": r.counts.running, "waiting": r.counts.waiting},
+            "baseline": r.baseline.to_dict() if r.baseline else None,
+            "ranking": [row.to_dict() for row in r.rows],
+            "test_ranking": [_test_row_dict(t, r.summaries[t.key]) for t in r.test_rows],
+            "top_two_distinct": None if sep is None else {"gap": sep.gap, "spread": sep.spread, "distinct": sep.distinct},
+            "importances": r.importances,
+            "best_config_trial": r.best_config["source"]["trial"] if r.best_config else None,
+            "notes": r.notes,
+        })
+    return json.dumps({"format_version": 1, "generated": meta.generated, "studies": studies}, indent=2) + "\n"
+
+
+def _test_row_dict(t: TestRow, summary: Any) -> dict[str, Any]:
+    return {"rank": t.rank, "key": t.key, "trial": t.trial, "baseline": t.baseline, "test_accuracy_mean": t.mean,
+            "test_accuracy_std": t.std, "seeds": summary.seed_list, "accuracies": summary.accuracies,
+            "epochs": t.epochs, "val_accuracy": t.val_accuracy, "gain_vs_baseline": t.gain_vs_baseline,
+            "macro_f1": t.macro_f1, "classification_report": summary.report, "confusion_matrix": summary.confusion}
+
+
+def ranking_csv(rankings: Sequence[StudyRanking]) -> str:
+    """One line per trial of every study: completed ones ranked first, then pruned/failed (rank empty)."""
+    all_rows = [(r, row) for r in rankings for row in [*r.rows, *r.unranked]]
+    names = param_names(row for _, row in all_rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CSV_FIELDS, *names])
+    for r, row in all_rows:
+        test = _test_of(r, row.trial)
+        writer.writerow([
+            r.study, row.rank or "", row.trial, row.state, row.baseline, _csv(row.val_accuracy),
+            _csv(row.gain_vs_baseline), _csv(row.best_epoch), _csv(row.epochs_run), _csv(row.n_params),
+            _csv(row.fit_seconds), _csv(row.images_per_s), _csv(row.wall_seconds),
+            _csv(test.mean if test else None), _csv(test.std if test else None), _csv(test.seeds if test else None),
+            *[_csv(row.params.get(name)) for name in names],
+        ])
+    return buffer.getvalue()
+
+
+def _csv(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
+
+
+def report_text(summary: Any, class_names: Sequence[str]) -> str:
+    return format_report_text(summary.report, class_names)

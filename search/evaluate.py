@@ -1,0 +1,178 @@
+"""Retraining and test-set evaluation: the TensorFlow side of `hpo report --evaluate` and `hpo retrain`.
+
+Configurations are retrained on the study's training split (never on the test set), then evaluated once
+on the test set; reports/evaluation.py turns the predictions into metrics. Each run is stored in the
+study right after it finishes, so an interrupted or repeated report resumes instead of retraining.
+TensorFlow is imported inside the functions that train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, stored_runs
+from reports.export import ExportedConfig, export_epochs
+from reports.ranking import RankedRow, find_baseline
+from search.data import CLASS_NAMES, Cifar10, Split, load_cifar10, split_train_val
+from search.errors import ConfigError
+from search.settings import StudySettings, absolute_data_path
+from spaces import get_space_module
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration to evaluate: a trial of the study, or the space's BASELINE when no trial holds it."""
+
+    key: str
+    trial: int | None
+    baseline: bool
+    params: dict[str, Any]
+    epochs: int
+
+
+def load_checked_data(settings: StudySettings, data_override: str | None, what: str) -> Cifar10:
+    """The study's data (or ``--data``), refused when its fingerprint is not the one the study ran on."""
+    path = absolute_data_path(data_override) if data_override else settings.data
+    data = load_cifar10(path)
+    fingerprint = data.fingerprint()
+    if settings.data_fingerprint not in (None, fingerprint):
+        raise ConfigError(
+            f"the data at {path or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data {what} "
+            f"was run on ({settings.data_fingerprint}); pass --data with that data"
+        )
+    return data
+
+
+def choose_candidates(trials: Sequence[FrozenTrial], rows: Sequence[RankedRow], top_k: int, settings: StudySettings,
+                      epochs: int | None) -> list[Candidate]:
+    """The top ``top_k`` completed trials by validation accuracy, plus the seed baseline."""
+    by_number = {t.number: t for t in trials}
+    chosen = [by_number[row.trial] for row in rows[:top_k]]
+    baseline = find_baseline(trials)
+    if baseline is not None and baseline.params and all(t.number != baseline.number for t in chosen):
+        chosen.append(baseline)
+    out = [Candidate(f"t{t.number}", t.number, bool(t.user_attrs.get("baseline")), dict(t.params),
+                     epochs or export_epochs(t, settings.epochs)) for t in chosen]
+    if baseline is None or not baseline.params:
+        params = get_space_module(settings.space).BASELINE.to_params()
+        out.append(Candidate("baseline", None, True, params, epochs or settings.epochs))
+    return out
+
+
+def evaluation_seeds(settings: StudySettings, n_seeds: int) -> list[int]:
+    """The same seeds for every configuration (a fair comparison), derived from the study's seed."""
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, but got {n_seeds}")
+    return [settings.seed + k for k in range(n_seeds)]
+
+
+def stored_evaluations(study: optuna.Study, candidates: Sequence[Candidate], seeds: Sequence[int],
+                       fingerprint: str | None) -> dict[str, list[EvalRun]]:
+    attrs = study.user_attrs
+    found = {}
+    for c in candidates:
+        runs = stored_runs(attrs, c.key, c.epochs, seeds, fingerprint)
+        if runs:
+            found[c.key] = [runs[s] for s in seeds if s in runs]
+    return found
+
+
+def evaluate_candidates(study: optuna.Study, settings: StudySettings, data: Cifar10, candidates: Sequence[Candidate],
+                        seeds: Sequence[int], on_run: Callable[[str], None] | None = None) -> dict[str, list[EvalRun]]:
+    """Train what is not stored yet, store each run as it finishes; returns every candidate's runs."""
+    fingerprint = data.fingerprint()
+    results = stored_evaluations(study, candidates, seeds, fingerprint)
+    split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+    for c in candidates:
+        have = {r.seed for r in results.get(c.key, [])}
+        for seed in seeds:
+            if seed in have:
+                continue
+            if on_run:
+                on_run(f"{c.key}: training {c.epochs} epoch(s) with seed {seed}")
+            _, run = train_and_evaluate(settings, c, split, data, seed)
+            study.set_user_attr(eval_attr_key(c.key, c.epochs, seed), run.to_dict())
+            results.setdefault(c.key, []).append(run)
+        if c.key in results:
+            results[c.key].sort(key=lambda r: seeds.index(r.seed))
+    return results
+
+
+def train_and_evaluate(settings: StudySettings, candidate: Candidate, split: Split, data: Cifar10,
+                       seed: int) -> tuple[Any, EvalRun]:
+    """Retrain one configuration with one seed on the training split, then evaluate it on the test set."""
+    from search.objective import clear_tensorflow_state
+
+    model, result = retrain(settings.space, candidate.params, split, epochs=candidate.epochs, seed=seed,
+                            settings=settings)
+    try:
+        y_pred = predict_labels(model, data.x_test)
+    finally:
+        clear_tensorflow_state()
+    accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
+    run = EvalRun(key=candidate.key, trial=candidate.trial, baseline=candidate.baseline, epochs=candidate.epochs,
+                  seed=seed, accuracy=accuracy, report=report, confusion=confusion,
+                  fit_seconds=round(result.fit_seconds, 3), n_params=result.params,
+                  data_fingerprint=data.fingerprint())
+    return model, run
+
+
+def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, seed: int,
+            settings: StudySettings) -> tuple[Any, Any]:
+    """The space's own trainer, as the search ran it but without a trial (nothing is pruned)."""
+    import keras
+
+    from search.objective import get_trainer
+
+    config = get_space_module(space).config_from_params(dict(params))
+    keras.utils.set_random_seed(seed)
+    return get_trainer(space)(config, split, epochs=epochs, trial=None, seed=seed, settings=settings)
+
+
+def predict_labels(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class ids for raw uint8 images, through the same input pipeline as training."""
+    from search.data import make_dataset
+
+    dataset = make_dataset(x, np.zeros(len(x), dtype=np.int32), batch_size, shuffle=False)
+    probabilities = model.predict(dataset, verbose=0)
+    return np.asarray(probabilities).argmax(axis=-1)
+
+
+def settings_for_export(exported: ExportedConfig, data_override: str | None, epochs: int | None,
+                        weights: str | None) -> StudySettings:
+    """StudySettings that reproduce the exported configuration's training conditions (the trainer's settings=).
+
+    Their seed is the split's seed (which images are validation); the training seed is passed separately.
+    """
+    data = exported.data
+    values: dict[str, Any] = {
+        "space": exported.space,
+        "data": absolute_data_path(data_override) if data_override else data.get("path"),
+        "data_fingerprint": data.get("fingerprint"),
+        "val_size": data.get("val_size"), "subset": data.get("subset"), "seed": data.get("seed"),
+        "epochs": epochs or exported.epochs, "weights": weights or exported.weights,
+    }
+    try:
+        settings = StudySettings(**{k: v for k, v in values.items() if v is not None})
+    except TypeError as err:
+        raise ConfigError(f"config {exported.source!r}: bad data settings ({err})") from None
+    return settings
+
+
+def retrain_exported(exported: ExportedConfig, settings: StudySettings, data: Cifar10, seed: int) -> tuple[Any, Any, EvalRun]:
+    """`hpo retrain`: train the exported config on its training split, evaluate once on the test set."""
+    split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+    model, result = retrain(exported.space, exported.params, split, epochs=settings.epochs, seed=seed,
+                            settings=settings)
+    y_pred = predict_labels(model, data.x_test)
+    accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
+    run = EvalRun(key=f"t{exported.trial}" if exported.trial is not None else "config", trial=exported.trial,
+                  baseline=False, epochs=settings.epochs, seed=seed, accuracy=accuracy, report=report,
+                  confusion=confusion, fit_seconds=round(result.fit_seconds, 3), n_params=result.params,
+                  data_fingerprint=data.fingerprint())
+    return model, result, run
