@@ -1,13 +1,63 @@
-"""The short note a new study carries (space, bounds, data, budget), shown by optuna-dashboard."""
+"""The short note a new study carries (space, bounds, data, split, budget), shown by optuna-dashboard.
+
+Written once, when the study is created, through optuna-dashboard's note API, so a person watching the
+dashboard sees what a trial means without the command line that started it. optuna-dashboard is an
+optional extra: without it the study simply has no note.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
 
 from search.settings import StudySettings
+from spaces.bounds import describe, space_bounds
+
+_logger = logging.getLogger(__name__)
+
+
+def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
+    """The note's Markdown: settings first, then one table row per bound (overridden ones marked)."""
+    data = settings.data or "CIFAR-10 through keras.datasets"
+    subset = f"a stratified subset of {settings.subset} training images" if settings.subset else "all training images"
+    budget = [f"up to {settings.epochs} epochs per trial"]
+    if settings.n_trials is not None:
+        budget.append(f"{settings.n_trials} trials")
+    if settings.timeout is not None:
+        budget.append(f"timeout {settings.timeout:g} s")
+    lines = [
+        f"## {study_name}: `{settings.space}` space",
+        "",
+        f"- **Data**: `{data}` (fingerprint `{settings.data_fingerprint or 'unknown'}`)",
+        f"- **Split**: {settings.val_size} validation images held out of the training set, stratified; "
+        f"trained on {subset}; seed {settings.seed}. The test set is never used to choose hyperparameters.",
+        f"- **Budget**: {', '.join(budget)}",
+        f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",
+        f"- **Engine**: {settings.engine}; seed baseline enqueued first: {'yes' if settings.baseline else 'no'}",
+    ]
+    if settings.space == "inception":
+        lines.append(f"- **Weights**: `{settings.weights}`")
+    lines += [
+        "- **Trials**: intermediate values are validation accuracy per epoch; user attrs hold params, "
+        "best_epoch, train_images_per_s, fit_seconds and the full history.",
+        "",
+        "| parameter | bounds |",
+        "|---|---|",
+    ]
+    overridden = set(settings.space_overrides)
+    for name, bound in space_bounds(space).items():
+        mark = " (overridden)" if name in overridden else ""
+        lines.append(f"| {name} | {describe(bound)}{mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def annotate_new_study(study: optuna.Study, settings: StudySettings, space: Any) -> None:
-    """Placeholder until the dashboard work lands: writes nothing yet."""
+    """Save the note on a study just created; skipped (debug log) when optuna-dashboard is not installed."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        _logger.debug("optuna-dashboard is not installed; study %r gets no note", study.study_name)
+        return
+    save_note(study, study_note(study.study_name, settings, space))

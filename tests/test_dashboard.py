@@ -23,9 +23,13 @@ import pytest
 
 from tests.conftest import ROOT, make_tiny_cifar
 from search.cli import main
-from storage import make_storage
+from search.errors import ConfigError
+from search.settings import StudySettings
+from search.study_note import annotate_new_study
+from spaces import build_space
+from storage import make_storage, open_study
 
-pytest.importorskip("optuna_dashboard")
+get_note = pytest.importorskip("optuna_dashboard").get_note
 
 ARTIFACTS = ROOT / "test-artifacts"
 LOCKED = "database is locked"
@@ -178,91 +182,74 @@ def test_unknown_study_and_bad_port(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # ---------------------------------------------------------------- live SQLite: plain Optuna writers
 
-def test_api_answers_while_writers_hammer_the_same_sqlite_file(tmp_path: Path) -> None:
-    url, name, per_writer = sqlite_study(tmp_path, "hammer"), "hammer", 25
-    dashboard = Dashboard(url, tmp_path)
-    try:
-        sid = study_id(dashboard, name)
-        logs = [(tmp_path / f"writer{i}.err").open("w") for i in range(2)]
-        writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, name, str(per_writer)], cwd=ROOT,
-                                    stdout=log, stderr=log) for log in logs]
-        counts = poll_while_running(dashboard, sid, writers, timeout=240)
-        final = settled(dashboard, sid, 2 * per_writer)
-    finally:
-        rc = dashboard.stop()
-    errors = [(tmp_path / f"writer{i}.err").read_text() for i in range(2)]
-    assert [w.returncode for w in writers] == [0, 0], errors
-    assert not any(LOCKED in text for text in errors + [dashboard.err.read_text()])
-    assert len(counts) >= 3 and counts == sorted(counts)  # the dashboard kept answering while trials grew
-    trials = final["trials"]
-    assert len(trials) == 2 * per_writer
-    assert all(t["state"] == "Complete" and len(t["intermediate_values"]) == 5 for t in trials)
-    assert all({a["key"] for a in t["user_attrs"]} == {"best_epoch", "train_images_per_s"} for t in trials)
-    assert rc == 0  # SIGTERM stops it cleanly
-
-
-# ---------------------------------------------------------------- live SQLite: real `hpo search` workers
-
 @pytest.fixture(scope="module")
-def live_study(tmp_path_factory: pytest.TempPathFactory):
-    """Two `hpo search` workers train tiny trials into one SQLite file while the dashboard is polled."""
-    work = tmp_path_factory.mktemp("live")
-    np.savez(work / "tiny.npz", **make_tiny_cifar())
-    name, url = "check", f"sqlite:///{work / 's.db'}"
-    command = [sys.executable, "-m", "search.cli", "search", "--study", name, "--storage", url, "--data",
-               str(work / "tiny.npz"), "--val-size", "100", "--epochs", "2", "--pruner", "none", "--n-trials", "4"]
-    logs = [(work / f"worker{i}.log").open("w") for i in range(2)]
-    workers = [subprocess.Popen(command, cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT)]
-    deadline = time.monotonic() + 120
-    while not (work / "s.db").exists() or name not in optuna.get_all_study_names(make_storage(url, create=False)):
-        assert workers[0].poll() is None and time.monotonic() < deadline, (work / "worker0.log").read_text()
-        time.sleep(0.2)
-    workers.append(subprocess.Popen(command, cwd=ROOT, stdout=logs[1], stderr=subprocess.STDOUT))
+def hammered(tmp_path_factory: pytest.TempPathFactory):
+    """A study as `hpo search` creates it (settings, note) that two Optuna writers on make_storage fill with
+    50 trials, while the dashboard's API is read as fast as it answers."""
+    work = tmp_path_factory.mktemp("hammer")
+    name, url, per_writer = "hammer", f"sqlite:///{work / 'study.db'}", 25
+    settings = StudySettings(data=str(work / "tiny.npz"), val_size=100, epochs=5, n_trials=2 * per_writer)
+    annotate_new_study(open_study(make_storage(url), name, create_attrs=settings.to_attrs()), settings,
+                       build_space("cnn"))
     dashboard = Dashboard(url, work, "--study", name)
     try:
         sid = study_id(dashboard, name)
-        counts = poll_while_running(dashboard, sid, workers, timeout=300)
-        detail = settled(dashboard, sid, len(make_storage(url, create=False).get_all_trials(sid)))
-        yield {"dashboard": dashboard, "name": name, "sid": sid, "counts": counts, "detail": detail,
-               "workers": workers, "logs": [(work / f"worker{i}.log").read_text() for i in range(2)]}
+        logs = [(work / f"writer{i}.log").open("w") for i in range(2)]
+        writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, name, str(per_writer)], cwd=ROOT,
+                                    stdout=log, stderr=log) for log in logs]
+        counts = poll_while_running(dashboard, sid, writers, timeout=240)
+        yield {"dashboard": dashboard, "name": name, "sid": sid, "counts": counts, "writers": writers,
+               "expected": 2 * per_writer, "detail": settled(dashboard, sid, 2 * per_writer),
+               "logs": [(work / f"writer{i}.log").read_text() for i in range(2)]}
     finally:
         dashboard.stop()
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
 
 
-def test_dashboard_follows_hpo_search_workers_without_locking(live_study: dict) -> None:
-    logs = live_study["logs"]
-    assert [w.returncode for w in live_study["workers"]] == [0, 0], logs
-    assert not any(LOCKED in text for text in logs + [live_study["dashboard"].err.read_text()])
-    assert live_study["counts"] and live_study["counts"] == sorted(live_study["counts"])
-    trials = live_study["detail"]["trials"]
-    assert len(trials) >= 4 and all(t["state"] in ("Complete", "Pruned", "Fail") for t in trials)
-    complete = [t for t in trials if t["state"] == "Complete"]
-    assert complete
-    for trial in complete:  # enough to judge a trial from the dashboard alone
-        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-        assert {"params", "train_images_per_s", "best_epoch", "history"} <= set(attrs)
-        assert [v["step"] for v in trial["intermediate_values"]] == [1, 2]
+def test_api_answers_while_writers_hammer_the_same_sqlite_file(hammered: dict) -> None:
+    assert [w.returncode for w in hammered["writers"]] == [0, 0], hammered["logs"]
+    assert not any(LOCKED in text for text in hammered["logs"] + [hammered["dashboard"].err.read_text()])
+    counts = hammered["counts"]
+    assert len(counts) >= 3 and counts == sorted(counts)  # the dashboard kept answering while trials grew
+    trials = hammered["detail"]["trials"]
+    assert len(trials) == hammered["expected"]
+    assert all(t["state"] == "Complete" and len(t["intermediate_values"]) == 5 for t in trials)
+    assert all({a["key"] for a in t["user_attrs"]} == {"best_epoch", "train_images_per_s"} for t in trials)
 
 
-def test_study_note_is_served(live_study: dict) -> None:
-    body = live_study["detail"]["note"]["body"]
-    for text in ("`cnn` space", "tiny.npz", "100 validation images", "up to 2 epochs", "pruner**: none",
-                 "| depth |", "| learning_rate |"):
+def test_study_note_is_served(hammered: dict) -> None:
+    body = hammered["detail"]["note"]["body"]
+    for text in ("hammer: `cnn` space", "tiny.npz", "100 validation images", "up to 5 epochs per trial, 50 trials",
+                 "pruner**: hyperband", "| depth | [2, 4] |", "| learning_rate |"):
         assert text in body
 
 
-def test_prints_the_study_link_and_listens_on_loopback_only(live_study: dict) -> None:
-    dashboard = live_study["dashboard"]
-    assert dashboard.page == f"http://127.0.0.1:{dashboard.port}/dashboard/studies/{live_study['sid']}"
+def test_prints_the_study_link_and_listens_on_loopback_only(hammered: dict) -> None:
+    dashboard = hammered["dashboard"]
+    assert dashboard.page == f"http://127.0.0.1:{dashboard.port}/dashboard/studies/{hammered['sid']}"
     if sys.platform.startswith("linux"):
         assert listening_addresses(dashboard.port) == {"127.0.0.1"}
     other = non_loopback_address()
     if other is not None:
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://{other}:{dashboard.port}/api/studies", timeout=5)
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    dashboard = Dashboard(sqlite_study(tmp_path, "s"), tmp_path)
+    assert dashboard.get("/api/studies")["study_summaries"][0]["study_name"] == "s"
+    assert dashboard.stop() == 0
+    assert "stopped" in dashboard.err.read_text() and "Traceback" not in dashboard.err.read_text()
+
+
+@pytest.mark.postgres
+def test_serves_a_postgresql_storage(postgres_url: str, pg_study: str, tmp_path: Path) -> None:
+    optuna.create_study(study_name=pg_study, storage=make_storage(postgres_url), direction="maximize")
+    dashboard = Dashboard(postgres_url, tmp_path, "--study", pg_study)
+    try:
+        assert pg_study in {s["study_name"] for s in dashboard.get("/api/studies")["study_summaries"]}
+        assert dashboard.get(f"/api/studies/{study_id(dashboard, pg_study)}")["name"] == pg_study
+    finally:
+        assert dashboard.stop() == 0
 
 
 # ---------------------------------------------------------------- a real browser
@@ -280,7 +267,7 @@ def chromium() -> str:
 
 
 def render(chromium: str, url: str, screenshot: Path, profile: Path) -> str:
-    """The page's DOM after its scripts ran and its API calls answered, and a screenshot of it."""
+    """The page's text after its scripts ran and its API calls answered; a screenshot of it is kept."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.unlink(missing_ok=True)
     result = subprocess.run(
@@ -288,22 +275,88 @@ def render(chromium: str, url: str, screenshot: Path, profile: Path) -> str:
          "--window-size=1400,900", "--hide-scrollbars", f"--screenshot={screenshot}", "--dump-dom", url],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
     dom = re.sub(r"<(style|script)\b.*?</\1>", " ", result.stdout, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
-@pytest.mark.browser
-def test_chromium_renders_the_study_with_its_trials(live_study: dict, chromium: str, tmp_path: Path) -> None:
-    dashboard, name = live_study["dashboard"], live_study["name"]
-    n_trials = len(dashboard.get(f"/api/studies/{live_study['sid']}")["trials"])
-    shot = ARTIFACTS / "dashboard-trials.png"
-    text = render(chromium, f"{dashboard.page}/trials", shot, tmp_path / "profile-trials")
-    assert f"{name} (id={live_study['sid']})" in text
+def check_rendered(chromium: str, study: dict, tag: str, profiles: Path) -> None:
+    """The trials page names the study and shows every trial; the note page shows the space's bounds."""
+    dashboard, name, sid = study["dashboard"], study["name"], study["sid"]
+    n_trials = len(study["detail"]["trials"])
+    text = render(chromium, f"{dashboard.page}/trials", ARTIFACTS / f"dashboard-{tag}-trials.png",
+                  profiles / "trials")
+    assert f"{name} (id={sid})" in text
     assert f"{n_trials} Trials" in text
-    assert all(f"Trial {number}" in text for number in range(n_trials))
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    assert "Trial 0 " in text  # the list is virtualised: only the rows on screen are in the DOM
+    assert "Intermediate Values" in text and "best_epoch" in text  # the selected trial's curve and attrs
+    note = render(chromium, f"{dashboard.page}/note", ARTIFACTS / f"dashboard-{tag}-note.png", profiles / "note")
+    assert f"{name}: cnn space" in note and "augment_strength" in note and "tiny.npz" in note
 
-    note_shot = ARTIFACTS / "dashboard-note.png"
-    note = render(chromium, f"{dashboard.page}/note", note_shot, tmp_path / "profile-note")
-    assert "cnn space" in note and "augment_strength" in note and "tiny.npz" in note
-    assert note_shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+@pytest.mark.browser
+def test_chromium_renders_the_study_with_its_trials(hammered: dict, chromium: str, tmp_path: Path) -> None:
+    check_rendered(chromium, hammered, "hammer", tmp_path)
+
+
+# ---------------------------------------------------------------- live SQLite: real `hpo` workers (slow)
+
+@pytest.fixture(scope="module")
+def live_study(tmp_path_factory: pytest.TempPathFactory):
+    """`hpo search` and an `hpo worker` train tiny trials into one SQLite file while the dashboard is polled."""
+    work = tmp_path_factory.mktemp("live")
+    np.savez(work / "tiny.npz", **make_tiny_cifar())
+    name, url = "check", f"sqlite:///{work / 's.db'}"
+    command = [sys.executable, "-m", "search.cli", "search", "--study", name, "--storage", url, "--data",
+               str(work / "tiny.npz"), "--val-size", "100", "--epochs", "2", "--pruner", "none", "--n-trials", "4"]
+    logs = [(work / f"worker{i}.log").open("w") for i in range(2)]
+    workers = [subprocess.Popen(command, cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT)]
+    deadline = time.monotonic() + 180
+    while not study_is_created(url, name):
+        assert workers[0].poll() is None and time.monotonic() < deadline, (work / "worker0.log").read_text()
+        time.sleep(0.5)
+    join = [sys.executable, "-m", "search.cli", "worker", "--study", name, "--storage", url, "--quiet"]
+    workers.append(subprocess.Popen(join, cwd=ROOT, stdout=logs[1], stderr=subprocess.STDOUT))
+    dashboard = Dashboard(url, work, "--study", name)
+    try:
+        sid = study_id(dashboard, name)
+        counts = poll_while_running(dashboard, sid, workers, timeout=600)
+        detail = settled(dashboard, sid, len(make_storage(url, create=False).get_all_trials(sid)))
+        yield {"dashboard": dashboard, "name": name, "sid": sid, "counts": counts, "detail": detail,
+               "workers": workers, "logs": [(work / f"worker{i}.log").read_text() for i in range(2)]}
+    finally:
+        dashboard.stop()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+
+def study_is_created(url: str, name: str) -> bool:
+    """True once the study exists with its note (the note is written right after the settings)."""
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(url, create=False))
+    except (ConfigError, KeyError):
+        return False
+    return bool(get_note(study))
+
+
+@pytest.mark.slow
+def test_dashboard_follows_hpo_workers_without_locking(live_study: dict) -> None:
+    logs = live_study["logs"]
+    assert [w.returncode for w in live_study["workers"]] == [0, 0], logs
+    assert not any(LOCKED in text for text in logs + [live_study["dashboard"].err.read_text()])
+    assert live_study["counts"] and live_study["counts"] == sorted(live_study["counts"])
+    trials = live_study["detail"]["trials"]
+    assert len(trials) >= 4
+    complete = [t for t in trials if t["state"] == "Complete"]
+    assert complete
+    for trial in complete:  # enough to judge a trial from the dashboard alone
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert {"params", "train_images_per_s", "best_epoch", "history"} <= set(attrs)
+        assert [v["step"] for v in trial["intermediate_values"]] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_renders_a_live_hpo_study(live_study: dict, chromium: str, tmp_path: Path) -> None:
+    check_rendered(chromium, live_study, "live", tmp_path)
