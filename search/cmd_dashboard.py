@@ -20,7 +20,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from search.errors import ConfigError
-from storage.urls import DEFAULT_URL, mask_url
+from storage.urls import DEFAULT_URL, is_memory, mask_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -109,6 +109,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from search.cmd_search import sigterm_as_interrupt
     from storage import make_storage
 
+    if is_memory(args.storage):
+        raise ConfigError("memory:// storage lives inside one process and cannot be watched; "
+                          "pass the sqlite:/// or postgresql:// URL the workers use")
     storage = make_storage(args.storage, create=False)
     path = _study_path(storage, args.study)
     server = bind_server(args.host, args.port, optuna_dashboard.wsgi(storage))

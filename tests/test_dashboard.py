@@ -159,6 +159,7 @@ def test_port_in_use_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.parametrize("url, expected", [
     ("not-a-url", "not a database URL"),
+    ("memory://", "cannot be watched"),
     ("sqlite:///{tmp}/missing.db", "does not exist"),
     ("postgresql://postgres@127.0.0.1:1/test", "cannot open storage"),
 ])
