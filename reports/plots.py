@@ -43,6 +43,13 @@ def _new_figure(width: float = 7.5, height: float = 4.5) -> tuple[Any, Any]:
     return figure, figure.subplots()
 
 
+def _retitle(ax: Any, title: str) -> None:
+    """Replace Optuna's generic title (it uses the left or centre slot depending on the plot)."""
+    for loc in ("left", "right"):
+        ax.set_title("", loc=loc)
+    ax.set_title(title)
+
+
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
@@ -53,7 +60,7 @@ def optimization_history(study: optuna.Study) -> tuple[Png, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="val accuracy")
-    ax.set_title(f"Optimisation history: {study.study_name}")
+    _retitle(ax, f"Optimisation history: {study.study_name}")
     figure = ax.figure
     figure.set_size_inches(7.5, 4.5)
     return _png(figure), ""
@@ -127,7 +134,7 @@ def param_importances(study: optuna.Study, importances: dict[str, float] | None 
         warnings.simplefilter("ignore")
         ax = optuna.visualization.matplotlib.plot_param_importances(
             study, evaluator=_Precomputed(importances), target_name="val accuracy")
-    ax.set_title(f"Parameter importances (fANOVA): {study.study_name}")
+    _retitle(ax, f"Parameter importances (fANOVA): {study.study_name}")
     figure = ax.figure
     figure.set_size_inches(7.5, 5.0)
     return _png(figure), ""
@@ -142,7 +149,7 @@ def parallel_coordinates(study: optuna.Study, params: Sequence[str] | None = Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=names, target_name="val accuracy")
-    ax.set_title(f"Parallel coordinates (top parameters): {study.study_name}")
+    _retitle(ax, f"Parallel coordinates (top parameters): {study.study_name}")
     figure = ax.figure
     figure.set_size_inches(9.0, 5.0)
     return _png(figure), ""

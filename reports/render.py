@@ -118,13 +118,15 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
         f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
         f"sampler {s.get('sampler')}, pruner {s.get('pruner')}."))
     blocks.append(Paragraph(
-        f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of them infeasible configurations), "
+        f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of these as infeasible configurations), "
         f"{c.failed} failed, {c.running} running, {c.waiting} waiting."))
     for note in r.notes:
         blocks.append(Paragraph(f"Note: {note}"))
+    if r.test_rows:
+        blocks += test_ranking_blocks(r)
     blocks += validation_blocks(r, meta.top_k)
     if r.test_rows:
-        blocks += test_blocks(r, meta.class_names)
+        blocks += per_class_blocks(r, meta.class_names)
     if r.plots:
         blocks.append(Heading("Plots", 3))
         blocks += [Image(title, file) for title, file in r.plots.items()]
@@ -175,7 +177,8 @@ def validation_blocks(r: StudyRanking, top_k: int) -> list[Block]:
     return blocks
 
 
-def test_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]:
+def test_ranking_blocks(r: StudyRanking) -> list[Block]:
+    """The report's ranking when evaluated: test-set mean over seeds, and whether the top two really differ."""
     blocks: list[Block] = [Heading("Test-set evaluation (ranked by test mean)", 3)]
     blocks.append(Paragraph(
         "Each configuration was retrained on the training split from scratch with each seed for the epochs shown "
@@ -190,6 +193,11 @@ def test_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]:
     sep = r.separation
     if sep is not None:
         blocks.append(Paragraph(sep.sentence()))
+    return blocks
+
+
+def per_class_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]:
+    blocks: list[Block] = []
     for t in r.test_rows:
         summary = r.summaries[t.key]
         blocks.append(Heading(f"Per-class report: {label(t.trial, t.baseline)} (mean over {t.seeds} seed(s))", 4))
