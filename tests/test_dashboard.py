@@ -296,7 +296,7 @@ def check_rendered(chromium: str, study: dict, tag: str, profiles: Path) -> None
 
 
 @pytest.mark.browser
-def test_chromium_renders_the_study_with_its_trials(hammered: dict, chromium: str, tmp_path: Path) -> None:
+def test_chromium_renders_the_study_with_its_trials(chromium: str, hammered: dict, tmp_path: Path) -> None:
     check_rendered(chromium, hammered, "hammer", tmp_path)
 
 
@@ -359,5 +359,5 @@ def test_dashboard_follows_hpo_workers_without_locking(live_study: dict) -> None
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_chromium_renders_a_live_hpo_study(live_study: dict, chromium: str, tmp_path: Path) -> None:
+def test_chromium_renders_a_live_hpo_study(chromium: str, live_study: dict, tmp_path: Path) -> None:
     check_rendered(chromium, live_study, "live", tmp_path)
