@@ -109,6 +109,9 @@ def params_from_values(space: Any, values: dict[str, Any]) -> dict[str, Any]:
             if bound.step is not None:  # KerasTuner's grid arithmetic leaves float noise (1.7500000000000002)
                 value = round(bound.low + round((value - bound.low) / bound.step) * bound.step, 10)
             value = min(max(value, bound.low), bound.high)
+        elif isinstance(bound, Choice):  # KerasTuner stores booleans as 1/0: give back the space's own object
+            same = [c for c in bound.choices if c == value]
+            value = next((c for c in same if type(c) is type(value)), same[0] if same else value)
         params[name] = value
     return params
 
@@ -160,7 +163,7 @@ class StudyRecorder:
 
     def predecessor(self, kerastuner_trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The latest recorded trial of a KerasTuner trial id (Hyperband continues its checkpoint)."""
-        matches = [t for t in self.study.get_trials(deepcopy=False)
+        matches = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
                    if t.user_attrs.get("kerastuner_trial_id") == kerastuner_trial_id]
         return matches[-1] if matches else None
 

@@ -54,6 +54,7 @@ def test_kerastuner_draws_are_valid_optuna_params() -> None:
         values = {h.name: h.random_sample(seed * 100 + i) for i, h in enumerate(hp.space)}
         params = params_from_values(space, {**values, "tuner/epochs": 3})
         assert set(params) == set(distributions)
+        assert isinstance(params["batch_norm"], bool)  # KerasTuner itself stores booleans as 1/0
         for name, value in params.items():
             assert distributions[name]._contains(distributions[name].to_internal_repr(value)), (name, value)
 
