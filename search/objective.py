@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
+import socket
 import time
 from typing import Any, Callable
 
@@ -45,6 +47,7 @@ class Objective:
         import keras
 
         start = time.perf_counter()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
         try:
             config = self.module.suggest(trial, self.space)
         except self.module.InfeasibleConfig as err:

@@ -7,14 +7,24 @@ stopping early, and pick the retry up when it appears.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
+from storage.studies import best_value, count_trials_by_state, rdb_storage
+
+_logger = logging.getLogger(__name__)
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+MAX_STORAGE_ERRORS = 10
 ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -36,25 +46,55 @@ class Counts:
         return self.complete + self.pruned
 
 
-def count_trials(study: optuna.Study) -> Counts:
-    trials = study.get_trials(deepcopy=False)
-    by_state = {state: 0 for state in TrialState}
-    for trial in trials:
-        by_state[trial.state] += 1
-    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+def count_trials(study: optuna.Study, with_best: bool = True) -> Counts:
+    by_state = count_trials_by_state(study)
     return Counts(by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED], by_state[TrialState.FAIL],
-                  by_state[TrialState.RUNNING], by_state[TrialState.WAITING], max(values) if values else None)
+                  by_state[TrialState.RUNNING], by_state[TrialState.WAITING],
+                  best_value(study) if with_best and by_state[TrialState.COMPLETE] else None)
 
 
 def _active_before(trial: optuna.trial.Trial) -> int:
     """Trials numbered before ``trial`` that are finished or running (they hold a place in the budget)."""
-    return sum(1 for t in trial.study.get_trials(deepcopy=False, states=ACTIVE) if t.number < trial.number)
+    counts = count_trials_by_state(trial.study, before=trial.number)
+    return sum(counts[state] for state in ACTIVE)
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    storage = rdb_storage(study)  # heartbeats need an RDB storage
+    return storage.get_heartbeat_interval() if storage is not None else None
 
 
 def _fail_stale(study: optuna.Study) -> None:
-    storage = study._storage  # Optuna exposes no public accessor; fail_stale_trials needs an RDB storage
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+    if _heartbeat_interval(study):
         optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def stale_trial_reaper(study: optuna.Study):
+    """Look for trials of dead workers every heartbeat interval, even while this worker trains.
+
+    Optuna only looks when a worker starts a trial; with long trials a dead worker's trial would wait
+    that long to be failed and re-queued. Failing is race-safe: Optuna lets one process win.
+    """
+    interval = _heartbeat_interval(study)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                _fail_stale(study)
+            except Exception as err:  # a storage hiccup must not kill the worker; the next round retries
+                _logger.warning("could not check for stale trials: %s", err)
+
+    thread = threading.Thread(target=loop, name="stale-trial-reaper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
@@ -67,7 +107,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     with the setup, not the trial, and stops the worker with RuntimeError.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    ran, failures_in_a_row = 0, 0
+    ran, failures_in_a_row, storage_errors = 0, 0, 0
     states: list[TrialState] = []  # this worker's trials only (others interleave in the study)
     callbacks = [lambda _study, trial: states.append(trial.state)] + ([on_trial_end] if on_trial_end else [])
     surplus: list[int] = []
@@ -81,21 +121,42 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
         return objective(trial)
 
-    while deadline is None or time.monotonic() < deadline:
-        if n_trials is not None:
-            counts = count_trials(study)
-            if counts.finished >= n_trials:
+    with stale_trial_reaper(study):
+        while deadline is None or time.monotonic() < deadline:
+            if _worker_should_stop(study, n_trials, poll_seconds, deadline):
                 break
-            if counts.finished + counts.running >= n_trials:
-                # The last trials are running elsewhere; if one of their workers died, its trial comes back.
-                _fail_stale(study)
+            try:
+                study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+            except STORAGE_ERRORS as err:
+                # The database went away between calls that are not retried (ask/tell): wait and go on.
+                storage_errors += 1
+                if storage_errors > MAX_STORAGE_ERRORS:
+                    raise RuntimeError(f"storage keeps failing: {err}") from err
+                _logger.warning("storage error (%s); retrying in %.0f s", type(err).__name__, poll_seconds)
                 time.sleep(poll_seconds)
                 continue
-        study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
-        ran += 1
-        if surplus:
-            break
-        failures_in_a_row = failures_in_a_row + 1 if states and states[-1] == TrialState.FAIL else 0
-        if failures_in_a_row >= max_consecutive_failures:
-            raise RuntimeError(f"{failures_in_a_row} trials failed in a row; see the errors above")
+            ran, storage_errors = ran + 1, 0
+            if surplus:
+                break
+            failures_in_a_row = failures_in_a_row + 1 if states and states[-1] == TrialState.FAIL else 0
+            if failures_in_a_row >= max_consecutive_failures:
+                raise RuntimeError(f"{failures_in_a_row} trials failed in a row; see the errors above")
     return ran
+
+
+def _worker_should_stop(study: optuna.Study, n_trials: int | None, poll_seconds: float,
+                        deadline: float | None) -> bool:
+    """True once the budget is reached; waits while the last trials run elsewhere (one may come back)."""
+    while n_trials is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        counts = count_trials(study, with_best=False)
+        if counts.finished >= n_trials:
+            return True
+        if counts.finished + counts.running < n_trials:
+            return False
+        _fail_stale(study)
+        time.sleep(poll_seconds)
+    return False
+
+

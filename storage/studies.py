@@ -45,3 +45,40 @@ def open_study(
     for key, value in create_attrs.items():
         study.set_user_attr(key, value)
     return study
+
+
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage under a study, if any (Optuna wraps it in a private cache layer)."""
+    storage = study._storage  # Optuna offers no public accessor
+    storage = getattr(storage, "_backend", storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def count_trials_by_state(study: optuna.Study, before: int | None = None) -> dict[optuna.trial.TrialState, int]:
+    """Trials per state (only those numbered below ``before`` if given), as one COUNT query on RDB storages:
+    workers check the budget before every trial, and loading every trial each time grows with the study."""
+    counts = {state: 0 for state in optuna.trial.TrialState}
+    storage = rdb_storage(study)
+    if storage is not None:
+        import sqlalchemy
+        from optuna.storages._rdb.models import TrialModel  # Optuna's own schema, read through its own model
+
+        query = (sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
+                 .where(TrialModel.study_id == study._study_id).group_by(TrialModel.state))
+        if before is not None:
+            query = query.where(TrialModel.number < before)
+        with storage.engine.connect() as conn:
+            for state, count in conn.execute(query):
+                counts[state] = count
+        return counts
+    for trial in study.get_trials(deepcopy=False):
+        if before is None or trial.number < before:
+            counts[trial.state] += 1
+    return counts
+
+
+def best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
+        return None

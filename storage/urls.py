@@ -38,7 +38,7 @@ MEMORY_URL = "memory://"
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ***, for every message, log line and report."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]+:)[^/]*@", r"\1***@", url)  # greedy: up to the last @ of the netloc
 
 
 def is_memory(url: str) -> bool:

@@ -1,0 +1,150 @@
+"""Storage scaling: K worker processes on one study with a fast dummy objective, service vs plain Optuna.
+
+Each trial sleeps --trial-seconds in total while reporting 10 intermediate values, so the ideal rate is
+K / trial_seconds trials/s; efficiency = measured / ideal. Each configuration (storage x K x mode) runs in
+its own fresh study; "service" workers use storage.make_storage + search.worker.run_worker (WAL/busy
+timeout/BEGIN IMMEDIATE on SQLite, pre-ping pool on PostgreSQL, heartbeats, budget checks), "plain" workers
+use optuna.load_study(storage=URL).optimize with Optuna's defaults. Both use RandomSampler, so the
+storage, not the sampler, is measured. Modes alternate per K so machine noise hits both.
+
+    python benchmarks/storage_scaling.py [--workers 1 4 8 16] [--seconds 15] [--sqlite-dir DIR]
+                                         [--postgres postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "storage_scaling.json"
+
+WORKER = r'''
+import json, sys, time, logging
+import optuna
+mode, url, study_name, start_at, seconds, trial_seconds = sys.argv[1:7]
+start_at, seconds, trial_seconds = float(start_at), float(seconds), float(trial_seconds)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+errors = {"locked": 0, "other": 0}
+class Count(logging.Handler):
+    def emit(self, record):
+        text = record.getMessage().lower()
+        if "locked" in text: errors["locked"] += 1
+logging.getLogger("optuna").addHandler(Count())
+def objective(trial):
+    x = trial.suggest_float("x", 0, 1)
+    for step in range(10):
+        time.sleep(trial_seconds / 10)
+        trial.report(x * step, step)
+    return x
+sampler = optuna.samplers.RandomSampler()
+if mode == "service":
+    from storage import make_storage
+    from search.worker import run_worker
+    study = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=sampler)
+else:
+    study = optuna.load_study(study_name=study_name, storage=url, sampler=sampler)
+time.sleep(max(0.0, start_at - time.time()))
+done = 0
+def count(study, trial):
+    global done
+    if trial.datetime_complete and trial.datetime_complete.timestamp() <= start_at + seconds:
+        done += trial.state == optuna.trial.TrialState.COMPLETE
+try:
+    if mode == "service":
+        run_worker(study, objective, n_trials=10**9, timeout=start_at + seconds - time.time(), on_trial_end=count)
+    else:
+        study.optimize(objective, timeout=start_at + seconds - time.time(), callbacks=[count], catch=(Exception,))
+except Exception as err:
+    errors["locked" if "locked" in str(err).lower() else "other"] += 1
+print(json.dumps({"completed": done, **errors}))
+'''
+
+
+def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds: float) -> dict:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    start_at = time.time() + 8 + 0.5 * workers  # every process imports and connects before the clock starts
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, url, name, str(start_at), str(seconds),
+                               str(trial_seconds)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(workers)]
+    outputs = [p.communicate(timeout=seconds + 300) for p in procs]
+    late = time.time() > start_at + seconds + 60
+    reports, stderr_locked = [], 0
+    for proc, (out, err) in zip(procs, outputs):
+        stderr_locked += err.lower().count("database is locked")
+        try:
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            reports.append({"completed": 0, "locked": 0, "other": 1})
+    study = optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
+    completed = sum(r["completed"] for r in reports)
+    rate = completed / seconds
+    ideal = workers / trial_seconds
+    optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    return {"mode": mode, "workers": workers, "completed_in_window": completed, "trials_per_s": round(rate, 3),
+            "efficiency": round(rate / ideal, 3), "failed_trials": failed,
+            "locked_errors": sum(r["locked"] for r in reports) + stderr_locked,
+            "worker_errors": sum(r["other"] for r in reports), "late": late}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window per configuration")
+    parser.add_argument("--trial-seconds", type=float, default=0.2)
+    parser.add_argument("--postgres", default=os.environ.get("HPO_TEST_POSTGRES_URL",
+                                                             "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--sqlite-dir", type=Path, default=None)
+    parser.add_argument("--storages", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="hpo-bench-"))
+    rows = []
+    for storage in args.storages:
+        for workers in args.workers:
+            for mode in ("plain", "service"):
+                url = (f"sqlite:///{sqlite_dir / f'{mode}-{workers}.db'}" if storage == "sqlite"
+                       else args.postgres)
+                row = {"storage": storage, **run_config(mode, url, workers, args.seconds, args.trial_seconds)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    pairs = {}
+    for row in rows:
+        pairs.setdefault((row["storage"], row["workers"]), {})[row["mode"]] = row
+    comparison = []
+    for (storage, workers), pair in pairs.items():
+        if {"plain", "service"} <= set(pair) and pair["service"]["completed_in_window"]:
+            plain_per_trial = args.seconds * workers / max(1, pair["plain"]["completed_in_window"])
+            service_per_trial = args.seconds * workers / pair["service"]["completed_in_window"]
+            comparison.append({"storage": storage, "workers": workers,
+                               "plain_seconds_per_trial_per_worker": round(plain_per_trial, 4),
+                               "service_seconds_per_trial_per_worker": round(service_per_trial, 4),
+                               "service_overhead_vs_plain": round(service_per_trial / plain_per_trial - 1, 4)})
+    result = {
+        "benchmark": "storage_scaling",
+        "command": "python " + " ".join(["benchmarks/storage_scaling.py", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "trial_seconds": args.trial_seconds, "window_seconds": args.seconds,
+        "rows": rows, "comparison": comparison,
+        "targets": {"failed_or_locked": 0, "postgresql_efficiency_at_16": ">= 0.90",
+                    "service_overhead_vs_plain": "<= 0.10"},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
