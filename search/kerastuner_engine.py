@@ -559,25 +559,31 @@ def _tuner_for(study: optuna.Study, asked: str | None) -> str:
 
 def run_kerastuner(args: Any, given: dict[str, Any]) -> int:
     """`hpo search --engine kerastuner`: create/resume the study as the Optuna engine does, run KerasTuner."""
-    from search.cmd_search import budget
-    from search.progress import StudyProgress
     from search.study_setup import open_hpo_study
-    from search.worker import count_trials
-    from storage.urls import mask_url
 
     for flag in ("sampler", "pruner"):
         if given.get(flag) is not None:
             raise ConfigError(f"--{flag} applies to the optuna engine; with --engine kerastuner, --tuner "
                               "(hyperband, bayesian or random) decides sampling and early stopping")
-    if args.tuner is not None and args.tuner not in TUNERS:
+    if getattr(args, "tuner", None) is not None and args.tuner not in TUNERS:
         raise ConfigError(f"--tuner must be one of {list(TUNERS)}, but got {args.tuner!r}")
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
     for note in opened.notes:
         print(f"hpo search: {note}", file=sys.stderr)
+    return run_opened(args, opened)
+
+
+def run_opened(args: Any, opened: Any) -> int:
+    """Run KerasTuner on a study already opened by `hpo search` (e.g. a resume that left out --engine)."""
+    from search.cmd_search import budget
+    from search.progress import StudyProgress
+    from search.worker import count_trials
+    from storage.urls import mask_url
+
     if opened.settings.engine != ENGINE:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
-    tuner = _tuner_for(opened.study, args.tuner)
+    tuner = _tuner_for(opened.study, getattr(args, "tuner", None))
     verb = "created" if opened.created else "resumed"
     directory = Path(WORKDIR) / project_name(args.study)
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space}, KerasTuner "
@@ -599,4 +605,3 @@ def run_kerastuner(args: Any, given: dict[str, Any]) -> int:
     print(f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
           f"{counts.failed} failed; best validation accuracy {best}")
     return 0
-
