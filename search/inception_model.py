@@ -28,7 +28,8 @@ import optuna
 from search.augment import augmentation_layers
 from search.data import IMAGE_SHAPE, NUM_CLASSES, Split, make_dataset
 from search.errors import ConfigError
-from search.feature_cache import CacheKey, FeatureCache, array_fingerprint, default_cache, weights_identity
+from search.feature_cache import (STORE_DTYPE, CacheKey, FeatureCache, array_fingerprint, default_cache,
+                                  weights_identity)
 from search.training import TrainResult, fit_tracked
 from spaces.inception import TOP_BLOCK, InceptionConfig
 
@@ -233,7 +234,8 @@ def augmented_pixels(x: np.ndarray, strength: float, view: int) -> np.ndarray:
 
 
 def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    parts = [model.predict(x[s:s + CHUNK].astype("float32"), batch_size=TRUNK_BATCH, verbose=0)
+    """Chunked predict, each chunk cast to the cache's dtype at once (full CIFAR-10 stays within memory)."""
+    parts = [model.predict(x[s:s + CHUNK].astype("float32"), batch_size=TRUNK_BATCH, verbose=0).astype(STORE_DTYPE)
              for s in range(0, len(x), CHUNK)]
     return np.concatenate(parts)
 
@@ -275,11 +277,13 @@ def _phases(config: InceptionConfig, epochs: int) -> tuple[int, int]:
 
 def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial: optuna.trial.BaseTrial | None,
                     seed: int = 0, settings: Any = None, weights: Any = _FROM_SETTINGS,
-                    cache: Any = _FROM_SETTINGS, **_: Any) -> tuple[keras.Model, TrainResult]:
+                    cache: Any = _FROM_SETTINGS, callbacks: list[Any] | None = None,
+                    **_: Any) -> tuple[keras.Model, TrainResult]:
     """Train on split.x_train, validate each epoch on split.x_val, reporting to ``trial`` for pruning.
 
     ``weights`` defaults to ``settings.weights`` ('imagenet' without settings); ``cache`` to the process-wide
-    search.feature_cache.default_cache() (None: no cache). Returns the full pixels -> probabilities model.
+    search.feature_cache.default_cache() (None: no cache); ``callbacks`` go to both phases' ``fit`` (benchmarks).
+    Returns the full pixels -> probabilities model.
     """
     if weights is _FROM_SETTINGS:
         weights = getattr(settings, "weights", None) or "imagenet"
@@ -311,12 +315,13 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     if warm:
         parts.set_top_trainable(False)
         compile_phase(model, config, config.head_lr)
-        result.merge(fit_tracked(model, train_data, val_data, epochs=warm, n_train=n_train, trial=trial))
+        result.merge(fit_tracked(model, train_data, val_data, epochs=warm, n_train=n_train, trial=trial,
+                                 callbacks=callbacks))
     if tune and result.pruned_at is None:
         parts.set_top_trainable(True)
         compile_phase(model, config, config.head_lr * config.finetune_lr_fraction)
         result.merge(fit_tracked(model, train_data, val_data, epochs=tune, n_train=n_train, trial=trial,
-                                 step_offset=warm))
+                                 step_offset=warm, callbacks=callbacks))
     result.params = int(parts.full.count_params())
     parts.full.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return parts.full, result
