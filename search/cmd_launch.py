@@ -29,7 +29,8 @@ def parse_gpus(text: str | None) -> list[str]:
 
 def worker_command(args: argparse.Namespace, index: int, n_trials: int | None, threads: int | None) -> list[str]:
     command = [sys.executable, "-m", "search.cli", "worker", "--study", args.study, "--storage", args.storage,
-               "--heartbeat", str(args.heartbeat), "--worker-index", str(index), "--quiet"]
+               "--heartbeat", str(args.heartbeat), "--worker-index", str(index), "--quiet",
+               "--recycle-after", str(args.recycle_after)]
     if n_trials is not None:
         command += ["--n-trials", str(n_trials)]
     if args.timeout is not None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from typing import Any
 
 from search.errors import ConfigError
 from search.settings import ENGINES, PRUNERS, SAMPLERS
-from storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, mask_url
+from storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
 DEFAULT_N_TRIALS = 20
+DEFAULT_RECYCLE_AFTER = 5
 
 
 def add_storage_flags(parser: argparse.ArgumentParser, *, study_required: bool = True) -> None:
@@ -29,6 +31,9 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SEC",
                         help=f"trial heartbeat interval; a trial silent for 2 intervals is failed and retried "
                         f"(default {DEFAULT_HEARTBEAT_S})")
+    parser.add_argument("--recycle-after", type=int, default=DEFAULT_RECYCLE_AFTER, metavar="N",
+                        help="run trials in a child process replaced every N trials, so TensorFlow memory "
+                        f"cannot grow from trial to trial (default {DEFAULT_RECYCLE_AFTER}; 0: in this process)")
 
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,27 +85,48 @@ def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:
     return None if args.timeout is not None else DEFAULT_N_TRIALS
 
 
-def run_trials(opened: Any, n_trials: int | None, timeout: float | None, description: str,
-               quiet: bool = False) -> int:
-    """Run this process's trials with a progress bar; returns the exit code."""
-    from search.objective import Objective
+def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, description: str, *,
+               worker_index: int = 0, threads: int | None = None, quiet: bool = False) -> int:
+    """Run trials for this command with a progress bar; returns the exit code.
+
+    On a database storage trials run in recycled child processes (search/worker_process.py); an in-memory
+    study cannot be shared with a child, so it runs here.
+    """
     from search.progress import StudyProgress
-    from search.worker import count_trials, run_worker
+    from search.worker import count_trials
 
     study = opened.study
     progress = StudyProgress(n_trials, description, disable=quiet)
-    progress.show(count_trials(study))
     try:
-        objective = Objective(opened.settings, opened.split)
-        run_worker(study, objective, n_trials=n_trials, timeout=timeout,
-                   on_trial_end=lambda s, t: progress.show(count_trials(s)))
-    except RuntimeError as err:
-        print(f"hpo: worker stopped: {err}", file=sys.stderr)
-        return 1
+        if is_memory(args.storage) or args.recycle_after == 0:
+            code = _run_here(opened, n_trials, args.timeout, progress)
+        else:
+            from search.worker_process import ChildJob, run_in_child_processes
+
+            job = ChildJob(url=args.storage, study=study.study_name, heartbeat=args.heartbeat,
+                           worker_index=worker_index, n_trials=n_trials,
+                           deadline=None if args.timeout is None else time.time() + args.timeout,
+                           recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
+                           threads=threads)
+            code = run_in_child_processes(job, on_poll=lambda: progress.show(count_trials(study)))
     finally:
         progress.close()
     if not quiet:
         print(summary_line(study))
+    return code
+
+
+def _run_here(opened: Any, n_trials: int | None, timeout: float | None, progress: Any) -> int:
+    from search.objective import Objective
+    from search.worker import count_trials, run_worker
+
+    progress.show(count_trials(opened.study))
+    try:
+        run_worker(opened.study, Objective(opened.settings, opened.split), n_trials=n_trials, timeout=timeout,
+                   on_trial_end=lambda s, t: progress.show(count_trials(s)))
+    except RuntimeError as err:
+        print(f"hpo: worker stopped: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -118,17 +144,23 @@ def run(args: argparse.Namespace) -> int:
 
     sigterm_as_interrupt()
     given = given_settings(args)
+    if args.tuner is not None and args.engine != "kerastuner":
+        raise ConfigError("--tuner applies to --engine kerastuner only")
     if (args.engine or "optuna") == "kerastuner":
         from search.kerastuner_engine import run_kerastuner  # lazy: keras-tuner is only needed here
 
         return run_kerastuner(args, given)
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
+    if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
+        from search.kerastuner_engine import run_opened
+
+        return run_opened(args, opened)
     for note in opened.notes:
         print(f"hpo search: {note}", file=sys.stderr)
     verb = "created" if opened.created else "resumed"
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
-    return run_trials(opened, budget(args, opened.settings.n_trials), args.timeout, f"{args.study}")
+    return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)
 
 
 def register(subparsers: Any) -> None:

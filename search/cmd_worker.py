@@ -8,16 +8,14 @@ import sys
 from typing import Any
 
 from search.cmd_search import add_budget_flags, add_storage_flags, budget, run_trials, sigterm_as_interrupt
+from search.errors import ConfigError
+from storage.urls import is_memory
 
 
 def limit_cpu_threads(threads: int | None) -> None:
     """A fair share of cores per worker: TensorFlow otherwise sizes its pools for the whole machine."""
     if threads is None:
         return
-    if threads < 1:
-        from search.errors import ConfigError
-
-        raise ConfigError(f"--threads must be >= 1, but got {threads}")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import tensorflow as tf
 
@@ -29,16 +27,17 @@ def run(args: argparse.Namespace) -> int:
     from search.study_setup import open_hpo_study
 
     sigterm_as_interrupt()
-    limit_cpu_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
     opened = open_hpo_study(args.storage, args.study, None, worker_index=args.worker_index,
                             heartbeat_interval=args.heartbeat, data_override=args.data)
     if opened.settings.engine != "optuna":
-        from search.errors import ConfigError
-
         raise ConfigError(f"study {args.study!r} runs on the {opened.settings.engine} engine; resume it with hpo search")
     description = f"{args.study} worker {args.worker_index}"
-    return run_trials(opened, budget(args, opened.settings.n_trials), args.timeout, description,
-                      quiet=args.quiet)
+    if args.recycle_after == 0 or is_memory(args.storage):
+        limit_cpu_threads(args.threads)  # trials run in this process
+    return run_trials(opened, args, budget(args, opened.settings.n_trials), description,
+                      worker_index=args.worker_index, threads=args.threads, quiet=args.quiet)
 
 
 def register(subparsers: Any) -> None:

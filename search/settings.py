@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from search.errors import ConfigError
@@ -97,12 +98,18 @@ def absolute_data_path(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def make_sampler(settings: StudySettings, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate; constant liar so parallel workers spread out) or random; seeded per worker."""
-    seed = settings.seed + 1000 * worker_index
+def make_sampler(settings: StudySettings, worker_index: int = 0, generation: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate; constant liar so parallel workers spread out) or random.
+
+    Seeded from (study seed, worker, generation of the worker's trial process): each process draws its own
+    stream, so parallel workers and recycled processes never replay the same suggestions.
+    """
+    seed = int(np.random.SeedSequence([settings.seed, worker_index, generation]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    # Optuna's 10 random start-up trials are half of a 20-trial study; start modelling after a quarter.
+    startup = max(5, min(10, (settings.n_trials or 40) // 4))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
 
 
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:

@@ -100,8 +100,12 @@ def stale_trial_reaper(study: optuna.Study):
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
                n_trials: int | None, timeout: float | None = None,
                on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               poll_seconds: float = 2.0, max_consecutive_failures: int = 5) -> int:
-    """Run trials until ``n_trials`` finished trials exist study-wide (or ``timeout``); returns trials run here.
+               poll_seconds: float = 2.0, max_consecutive_failures: int = 5,
+               max_trials: int | None = None) -> str:
+    """Run trials until ``n_trials`` finished trials exist study-wide (or ``timeout``).
+
+    Returns "done" (budget reached or time up) or "recycle" (this process ran ``max_trials`` trials and
+    should hand over to a fresh one, see search/worker_process.py).
 
     A failing trial fails only that trial; ``max_consecutive_failures`` in a row means something is wrong
     with the setup, not the trial, and stops the worker with RuntimeError.
@@ -136,12 +140,14 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 time.sleep(poll_seconds)
                 continue
             ran, storage_errors = ran + 1, 0
+            if max_trials is not None and ran >= max_trials and not surplus:
+                return "recycle"
             if surplus:
                 break
             failures_in_a_row = failures_in_a_row + 1 if states and states[-1] == TrialState.FAIL else 0
             if failures_in_a_row >= max_consecutive_failures:
                 raise RuntimeError(f"{failures_in_a_row} trials failed in a row; see the errors above")
-    return ran
+    return "done"
 
 
 def _worker_should_stop(study: optuna.Study, n_trials: int | None, poll_seconds: float,

@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from search.errors import ConfigError
+from storage.urls import retry_on_disconnect
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -67,9 +68,8 @@ def count_trials_by_state(study: optuna.Study, before: int | None = None) -> dic
                  .where(TrialModel.study_id == study._study_id).group_by(TrialModel.state))
         if before is not None:
             query = query.where(TrialModel.number < before)
-        with storage.engine.connect() as conn:
-            for state, count in conn.execute(query):
-                counts[state] = count
+        for state, count in _fetch_all(storage, query):
+            counts[state] = count
         return counts
     for trial in study.get_trials(deepcopy=False):
         if before is None or trial.number < before:
@@ -82,3 +82,9 @@ def best_value(study: optuna.Study) -> float | None:
         return study.best_value
     except ValueError:  # no completed trial yet
         return None
+
+
+@retry_on_disconnect
+def _fetch_all(storage: optuna.storages.RDBStorage, query: Any) -> list[Any]:
+    with storage.engine.connect() as conn:
+        return list(conn.execute(query))

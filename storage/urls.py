@@ -91,23 +91,36 @@ def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
 
 
 def _is_disconnect(err: BaseException) -> bool:
-    cause = err if isinstance(err, sqlalchemy.exc.DBAPIError) else err.__cause__
-    return isinstance(cause, sqlalchemy.exc.DBAPIError) and (
-        cause.connection_invalidated or isinstance(cause, sqlalchemy.exc.OperationalError)
-    )
+    """A lost or invalidated connection (worth a retry on a fresh one), not a bad query or bad data."""
+    for cause in (err, err.__cause__):
+        if isinstance(cause, sqlalchemy.exc.PendingRollbackError):  # a dead connection's transaction
+            return True
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and (
+            cause.connection_invalidated or isinstance(cause, sqlalchemy.exc.OperationalError)
+        ):
+            return True
+    return False
 
 
-def _retrying(method: Callable[..., Any], attempts: int = 4) -> Callable[..., Any]:
+RETRYABLE = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.PendingRollbackError)
+
+
+def retry_on_disconnect(method: Callable[..., Any], attempts: int = 5) -> Callable[..., Any]:
+    """Retry ``method(storage, ...)`` on a fresh session when the server dropped the connection."""
+
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         for attempt in range(attempts):
             try:
                 return method(*args, **kwargs)
-            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError) as err:
+            except RETRYABLE as err:
                 if attempt == attempts - 1 or not _is_disconnect(err):
                     raise
                 _logger.warning("storage connection lost (%s); retrying", type(err.__cause__ or err).__name__)
-                time.sleep(0.5 * 2**attempt)
+                storage = args[0] if args else None
+                if isinstance(storage, optuna.storages.RDBStorage):
+                    storage.remove_session()  # drop the thread's session bound to the dead connection
+                time.sleep(0.25 * 2**attempt)
         raise AssertionError("unreachable")
 
     return call
@@ -126,13 +139,13 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
         "set_study_user_attr", "set_study_system_attr", "record_heartbeat", "_get_stale_trial_ids",
-        "get_heartbeat_interval", "get_failed_trial_callback", "set_trial_state_values",
+        "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
     )
 
 
 for _name in ResilientRDBStorage._IDEMPOTENT:
     if hasattr(optuna.storages.RDBStorage, _name):
-        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+        setattr(ResilientRDBStorage, _name, retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEARTBEAT_S,
@@ -160,7 +173,7 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
             "connect_args": {"connect_timeout": 10},
         }
     try:
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **common)
+        storage = _open_rdb(url, engine_kwargs, common)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, sqlite3.Error) as err:
         raise ConfigError(f"cannot open storage {mask_url(url)}: {_first_line(err)}") from None
     except ImportError as err:
@@ -168,6 +181,23 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
     if path is not None:
         event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
+
+
+TRANSIENT_OPEN_ERRORS = ("terminating connection", "closed the connection", "consuming input failed")
+
+
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], common: dict[str, Any], attempts: int = 5) -> ResilientRDBStorage:
+    """Open the storage; a connection the server drops while we open it is retried, while a refused
+    connection, a failed login or a missing database fail at once (they are configuration errors)."""
+    for attempt in range(attempts):
+        try:
+            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **common)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+            transient = any(text in _first_line(err) for text in TRANSIENT_OPEN_ERRORS)
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _first_line(err: BaseException) -> str:

@@ -109,3 +109,14 @@ def test_space_config_is_stored_and_used(tmp_path, tiny_npz):
     assert study.user_attrs["hpo_settings"]["space_overrides"] == {"depth": {"value": 2}, "batch_size": {"choices": [64]}}
     # the baseline (depth 3) lies outside the narrowed bounds, so it is not enqueued
     assert all(t.params.get("depth") == 2 for t in study.trials if t.params)
+
+
+def test_recycled_trial_processes_draw_new_suggestions(tmp_path, tiny_npz):
+    """Each trial process gets its own sampler stream: a recycled process must not replay the last one's."""
+    db = tmp_path / "s.db"
+    assert main(search_args(db, tiny_npz, "--n-trials", "3", "--sampler", "random", "--no-baseline",
+                            "--recycle-after", "1", epochs="1")) == 0
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+    assert len(trials) == 3
+    assert len({t.params["learning_rate"] for t in trials}) == 3
+    assert len({t.user_attrs.get("worker") for t in trials}) == 3  # three processes, one trial each

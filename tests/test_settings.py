@@ -39,3 +39,15 @@ def test_sampler_and_pruner_from_settings():
     assert isinstance(make_sampler(StudySettings(sampler="random")), optuna.samplers.RandomSampler)
     assert isinstance(make_pruner(StudySettings()), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner(StudySettings(pruner="none")), optuna.pruners.NopPruner)
+
+
+def test_each_worker_and_process_generation_draws_its_own_stream():
+    import optuna
+
+    def first_draw(worker: int, generation: int) -> float:
+        study = optuna.create_study(sampler=make_sampler(StudySettings(sampler="random"), worker, generation))
+        return study.ask().suggest_float("x", 0, 1)
+
+    draws = {first_draw(w, g) for w in range(2) for g in range(2)}
+    assert len(draws) == 4
+    assert first_draw(1, 1) == first_draw(1, 1)  # reproducible

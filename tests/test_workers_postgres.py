@@ -30,9 +30,24 @@ def finished(study: optuna.Study) -> int:
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
 
 
-def worker(url: str, study: str, *extra: str) -> subprocess.Popen:
+def worker(url: str, study: str, *extra: str, app_name: str = "hpo-test-worker") -> subprocess.Popen:
+    env = {**os.environ, "PGAPPNAME": app_name}  # libpq names the worker's connections, so a test can find them
     return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", "--study", study, "--storage", url,
-                             "--quiet", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--quiet", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def create(url: str, name: str, npz: Path, **given) -> optuna.Study:
@@ -76,7 +91,8 @@ def test_killed_worker_trial_fails_is_retried_and_the_study_completes(postgres_u
         pytest.fail("no worker started a trial: " + " | ".join(p.communicate()[1][-2000:] for p in workers))
     time.sleep(1.0)  # mid-trial: the model is training
     target = running[0]
-    victim = by_pid[int(target.user_attrs["worker"].rsplit(":", 1)[1])]
+    trial_pid = int(target.user_attrs["worker"].rsplit(":", 1)[1])  # the worker's trial process
+    victim = by_pid[parent_pid(trial_pid)]
     complete_before = {t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -97,11 +113,13 @@ def test_killed_worker_trial_fails_is_retried_and_the_study_completes(postgres_u
     assert retries[0].params == trials[target.number].params
     assert finished(study) == n_trials
     assert complete_before <= {t.number for t in trials if t.state == TrialState.COMPLETE}
+    assert not alive(trial_pid), "the trial process outlived its killed worker"
 
 
 def test_workers_survive_dropped_connections(postgres_url, pg_study, tiny_npz):
     study = create(postgres_url, pg_study, tiny_npz, epochs=2, n_trials=6)
-    proc = worker(postgres_url, pg_study, "--heartbeat", "2")
+    app_name = f"hpo-drop-{pg_study}"
+    proc = worker(postgres_url, pg_study, "--heartbeat", "2", app_name=app_name)
     admin = sqlalchemy.create_engine(sqlalchemy_url(postgres_url), isolation_level="AUTOCOMMIT")
     killed = 0
     deadline = time.monotonic() + 180
@@ -109,10 +127,9 @@ def test_workers_survive_dropped_connections(postgres_url, pg_study, tiny_npz):
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1.0)
             if finished(study) >= 1:
-                killed += conn.exec_driver_sql(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND application_name NOT LIKE 'pg_%'"
+                killed += conn.execute(
+                    sqlalchemy.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE application_name = :name"), {"name": app_name}
                 ).scalar()
     admin.dispose()
     out, err = proc.communicate(timeout=300)
