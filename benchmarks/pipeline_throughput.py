@@ -5,7 +5,7 @@ size on the same in-memory uint8 arrays, validating every epoch; runs alternate 
 so machine noise hits both. Also measures the service's per-trial overhead: the time a trial spends
 outside ``fit`` (suggest, build, pipeline, clear_session, storage writes) as a share of the trial.
 
-    python benchmarks/pipeline_throughput.py --data PATH/cifar10.npz [--train 10000] [--epochs 3] [--repeats 3]
+    python benchmarks/pipeline_throughput.py --data PATH/cifar10.npz [--train 10000] [--epochs 3] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from search.cnn_model import build_cnn, compile_cnn  # noqa: E402
-from search.data import channel_stats, load_cifar10, split_train_val  # noqa: E402
+from search.data import load_cifar10, split_train_val  # noqa: E402
 from search.objective import Objective, clear_tensorflow_state  # noqa: E402
 from search.settings import StudySettings  # noqa: E402
 from spaces.cnn import BASELINE  # noqa: E402
@@ -36,7 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_throughput.jso
 def plain_fit(split, epochs: int, seed: int) -> float:
     """The reference: model.fit on numpy arrays, no tf.data, no callbacks. Returns fit seconds."""
     keras.utils.set_random_seed(seed)
-    mean, variance = channel_stats(split.x_train)
+    mean, variance = split.train_channel_stats
     model = build_cnn(BASELINE, mean, variance, seed=seed)
     compile_cnn(model, BASELINE, len(split.x_train), epochs)
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=10000, help="training images (stratified subset)")
     parser.add_argument("--val", type=int, default=2000, help="validation images")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,13 +95,14 @@ def main() -> None:
         "plain_images_per_s": round(plain_ips, 1),
         "service_images_per_s": round(service_ips, 1),
         "throughput_ratio": round(service_ips / plain_ips, 3),
+        "throughput_ratio_best_runs": round(min(plain) / min(service), 3),  # least disturbed run of each
         "overhead_share_median": round(statistics.median(overhead), 4),
         "targets": {"throughput_ratio": ">= 0.95", "overhead_share": "<= 0.03"},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("plain_images_per_s", "service_images_per_s", "throughput_ratio",
-                                             "overhead_share_median")}))
+                                             "throughput_ratio_best_runs", "overhead_share_median")}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 
 from search.augment import augmentation_layers
-from search.data import NUM_CLASSES, Split, channel_stats, make_dataset
+from search.data import NUM_CLASSES, Split, make_dataset
 from search.training import TrainResult, fit_tracked, make_optimizer, steps_per_epoch
 from spaces.cnn import IMAGE_SIZE, CnnConfig
 
@@ -60,7 +60,7 @@ def compile_cnn(model: keras.Model, config: CnnConfig, n_train: int, epochs: int
 def train_cnn(config: CnnConfig, split: Split, *, epochs: int, trial: optuna.trial.BaseTrial | None,
               seed: int = 0, **_: Any) -> tuple[keras.Model, TrainResult]:
     """Train on split.x_train, validate each epoch on split.x_val, reporting to ``trial`` for pruning."""
-    mean, variance = channel_stats(split.x_train)
+    mean, variance = split.train_channel_stats
     model = build_cnn(config, mean, variance, seed=seed)
     compile_cnn(model, config, len(split.x_train), epochs)
     train_ds = make_dataset(split.x_train, split.y_train, config.batch_size, shuffle=True, seed=seed)

@@ -5,6 +5,7 @@ The test set is loaded only for final evaluation (reports, retrain); the search 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -47,6 +48,11 @@ class Split:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+
+    @functools.cached_property
+    def train_channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and variance of the training images, computed once per worker, not per trial."""
+        return channel_stats(self.x_train)
 
 
 def load_cifar10(path: str | Path | None = None) -> Cifar10:

@@ -274,9 +274,7 @@ class SpaceHyperModel(kt.HyperModel):
             raise kt.errors.FatalError("SpaceHyperModel.build runs only inside a recorded trial")
         keras.utils.set_random_seed(ctx.active.seed)  # KerasTuner cleared the session just before
         if ctx.stats is None:
-            from search.data import channel_stats
-
-            ctx.stats = channel_stats(ctx.split.x_train)
+            ctx.stats = ctx.split.train_channel_stats
         return ctx.builder(ctx.active.config, ctx.stats, len(ctx.split.x_train), ctx.settings.epochs,
                            ctx.active.seed)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import importlib
 import os
 import socket
@@ -34,8 +33,7 @@ def clear_tensorflow_state() -> None:
     """
     import keras
 
-    keras.backend.clear_session(free_memory=True)
-    gc.collect()
+    keras.backend.clear_session(free_memory=True)  # also runs gc.collect()
     _release_freed_heap()
 
 

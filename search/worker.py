@@ -115,11 +115,12 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     states: list[TrialState] = []  # this worker's trials only (others interleave in the study)
     callbacks = [lambda _study, trial: states.append(trial.state)] + ([on_trial_end] if on_trial_end else [])
     surplus: list[int] = []
+    near_budget = [True]
 
     def guarded(trial: optuna.trial.Trial) -> float:
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
         # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
-        if n_trials is not None and _active_before(trial) >= n_trials:
+        if n_trials is not None and near_budget[0] and _active_before(trial) >= n_trials:
             trial.set_user_attr("surplus", True)
             surplus.append(trial.number)
             raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
@@ -127,8 +128,12 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
 
     with stale_trial_reaper(study):
         while deadline is None or time.monotonic() < deadline:
-            if _worker_should_stop(study, n_trials, poll_seconds, deadline):
+            slack, running = _budget_slack(study, n_trials, poll_seconds, deadline)
+            if slack is not None and slack <= 0:
                 break
+            # Only about as many workers as are running can ask at the same moment: with more slack than
+            # that, no ask can overshoot, and the per-trial surplus query is skipped.
+            near_budget[0] = slack is not None and slack <= 2 * running + 2
             try:
                 study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
             except STORAGE_ERRORS as err:
@@ -150,19 +155,23 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     return "done"
 
 
-def _worker_should_stop(study: optuna.Study, n_trials: int | None, poll_seconds: float,
-                        deadline: float | None) -> bool:
-    """True once the budget is reached; waits while the last trials run elsewhere (one may come back)."""
+def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,
+                  deadline: float | None) -> tuple[int | None, int]:
+    """(trials that may still start, trials running now); slack <= 0: stop, None: no budget.
+
+    Waits while the last trials run elsewhere, since one of them may come back as a retry if its worker died.
+    """
     while n_trials is not None:
         if deadline is not None and time.monotonic() >= deadline:
-            return True
+            return 0, 0
         counts = count_trials(study, with_best=False)
         if counts.finished >= n_trials:
-            return True
-        if counts.finished + counts.running < n_trials:
-            return False
+            return 0, counts.running
+        slack = n_trials - counts.finished - counts.running
+        if slack > 0:
+            return slack, counts.running
         _fail_stale(study)
         time.sleep(poll_seconds)
-    return False
+    return None, 0
 
 
