@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"search.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"search.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"search.{name}").register(subparsers)
     return parser
 
 

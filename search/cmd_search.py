@@ -1,4 +1,4 @@
-"""`hpo search`: create or resume a study and run its trials in this process."""
+"""`hpo search`: create or resume a study and run its trials from this command (one worker)."""
 
 from __future__ import annotations
 
@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "search", help="create or resume a study and run trials in this process",
-        description="Create a study (or resume it: the same command again) and run trials here. "
+        "search", help="create or resume a study and run its trials (one worker)",
+        description="Create a study (or resume it: the same command again) and run its trials from here. "
         "Settings are stored in the study; a resumed study refuses different settings.",
     )
     add_storage_flags(parser)
