@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,17 @@ def real_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = Path(os.environ.get("HPO_ASSETS_DIR") or tmp_path_factory.mktemp("assets"))
     subprocess.run([sys.executable, str(materialize), str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file saved from a randomly initialised InceptionV3 (no ImageNet asset needed)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "random_inception.weights.h5"
+    keras.utils.set_random_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3)).save_weights(path)
+    keras.backend.clear_session()
+    return path

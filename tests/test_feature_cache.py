@@ -4,7 +4,6 @@ uncached network (a weights file saved from a random InceptionV3 stands in for I
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,18 +103,6 @@ def test_default_cache_follows_the_environment(tmp_path: Path, monkeypatch: pyte
 
 # --- the cache against the real network ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A weights file of a randomly initialised InceptionV3: a stand-in for ImageNet that needs no asset."""
-    import keras
-
-    path = tmp_path_factory.mktemp("weights") / "random_inception.weights.h5"
-    keras.utils.set_random_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3)).save_weights(path)
-    keras.backend.clear_session()
-    return path
 
 
 def test_cached_features_match_the_uncached_network_and_keys_invalidate(random_weights: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,6 @@ from spaces.inception import BASELINE
 SMALL = dataclasses.replace(BASELINE, input_size=75, batch_size=16, head_dense=32)
 
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A weights file saved from a randomly initialised InceptionV3 (no ImageNet asset needed)."""
-    import keras
-
-    path = tmp_path_factory.mktemp("weights") / "random_inception.weights.h5"
-    keras.utils.set_random_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3)).save_weights(path)
-    keras.backend.clear_session()
-    return path
 
 
 @pytest.fixture(scope="module")
