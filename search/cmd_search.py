@@ -177,4 +177,3 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-__all__ = ["ConfigError", "add_storage_flags", "add_budget_flags", "add_study_flags", "register"]
