@@ -122,7 +122,8 @@ class InceptionParts:
     """The shared layers of one trial, seen as the pieces the cache needs.
 
     ``bottom``: pixels (32x32, 0..255) -> cut features, frozen. ``top``: cut features -> mixed10 output
-    (None when nothing is unfrozen). ``head``: cut features -> class probabilities (top, pooling, head).
+    (None when nothing is unfrozen). ``classifier``: mixed10 output -> class probabilities (pooling, head);
+    its layers are shared by ``head``: cut features -> class probabilities (top, then classifier).
     ``full``: pixels -> probabilities, augmentation included; what the trainer returns.
     """
 
@@ -130,6 +131,7 @@ class InceptionParts:
     trunk: keras.Model
     bottom: keras.Model
     top: keras.Model | None
+    classifier: keras.Model
     head: keras.Model
     full: keras.Model
 
@@ -144,10 +146,12 @@ class InceptionParts:
             for layer in self.top.layers:
                 layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
-    def between(self, low_block: int) -> keras.Model:
-        """mixed{low_block} output -> cut output: derives these features from a lower cut's cached ones."""
+    def between(self, low_block: int, high_block: int | None = None) -> keras.Model:
+        """mixed{low_block} output -> mixed{high_block} output (default: the cut): derives features from a
+        lower cut's cached ones."""
+        high = self.config.cut_block if high_block is None else high_block
         return keras.Model(self.trunk.get_layer(block_name(low_block)).output,
-                           self.trunk.get_layer(block_name(self.config.cut_block)).output)
+                           self.trunk.get_layer(block_name(high)).output)
 
 
 def build_inception(config: InceptionConfig, weights: str | None = "imagenet", seed: int | None = None) -> InceptionParts:
@@ -164,9 +168,8 @@ def build_inception(config: InceptionConfig, weights: str | None = "imagenet", s
     bottom = keras.Model(pixels, x, name="bottom")
     top = keras.Model(cut, trunk.output, name="unfrozen_blocks") if config.unfreeze_blocks else None
 
-    features = keras.Input(tuple(cut.shape[1:]), name="features")
-    x = top(features, training=False) if top is not None else features  # BN stays in inference mode
-    x = layers.GlobalAveragePooling2D()(x) if config.pooling == "avg" else layers.GlobalMaxPooling2D()(x)
+    final = keras.Input(tuple(trunk.output.shape[1:]), name="final_features")
+    x = layers.GlobalAveragePooling2D()(final) if config.pooling == "avg" else layers.GlobalMaxPooling2D()(final)
     if config.head_dense:
         if config.head_dropout > 0:
             x = layers.Dropout(config.head_dropout, seed=seed)(x)
@@ -174,14 +177,19 @@ def build_inception(config: InceptionConfig, weights: str | None = "imagenet", s
     if config.head_dropout > 0:
         x = layers.Dropout(config.head_dropout, seed=seed)(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
-    head = keras.Model(features, outputs, name="head")
+    classifier = keras.Model(final, outputs, name="classifier")
+    if top is None:  # a frozen extractor: the cut is mixed10, and the classifier is the whole head
+        head = classifier
+    else:
+        features = keras.Input(tuple(cut.shape[1:]), name="features")
+        head = keras.Model(features, classifier(top(features, training=False)), name="head")  # BN: inference
 
     pixels = keras.Input(IMAGE_SHAPE, name="pixels")
     x = pixels
     for layer in augmentation_layers(config.augment_strength, seed=seed):
         x = layer(x)
     full = keras.Model(pixels, head(bottom(x, training=False)), name="inception_transfer")
-    return InceptionParts(config, trunk, bottom, top, head, full)
+    return InceptionParts(config, trunk, bottom, top, classifier, head, full)
 
 
 def compile_phase(model: keras.Model, config: InceptionConfig, learning_rate: float) -> None:
@@ -241,8 +249,10 @@ def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 
 def cut_features(parts: InceptionParts, x: np.ndarray, cache: FeatureCache, weights_id: str, *,
-                 strength: float = 0.0, view: int = 0, data_id: str | None = None) -> np.ndarray:
-    """Features at the cut for pixels ``x`` (view ``view`` at ``strength``; 0 = clean), through the cache.
+                 strength: float = 0.0, view: int = 0, data_id: str | None = None,
+                 block: int | None = None) -> np.ndarray:
+    """Features at the cut (or at frozen ``block`` above it) for pixels ``x`` (view ``view`` at ``strength``;
+    0 = clean), through the cache.
 
     A miss first looks for the same images cached at a lower cut and runs only the blocks in between.
     """
@@ -252,13 +262,16 @@ def cut_features(parts: InceptionParts, x: np.ndarray, cache: FeatureCache, weig
     def key(block: int) -> CacheKey:
         return CacheKey(weights_id, parts.config.input_size, block_name(block), data_id, view_id)
 
-    cut = parts.config.cut_block
+    cut = parts.config.cut_block if block is None else block
 
     def compute() -> np.ndarray:
+        if cut != parts.config.cut_block:  # above the cut: from the cut's features (cached or computed now)
+            at_cut = cut_features(parts, x, cache, weights_id, strength=strength, view=view, data_id=data_id)
+            return _predict(parts.between(parts.config.cut_block, cut), np.asarray(at_cut))
         for lower in range(cut - 1, -1, -1):
             below = cache.get(key(lower))
             if below is not None:
-                return _predict(parts.between(lower), np.asarray(below))
+                return _predict(parts.between(lower, cut), np.asarray(below))
         pixels = x if strength == 0 else augmented_pixels(x, strength, view)
         return _predict(parts.bottom, pixels)
 
@@ -294,15 +307,25 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     use_cache = cache is not None and weights_id is not None
     warm, tune = _phases(config, epochs)
     n_train = len(split.x_train)
+    warm_model = warm_train = warm_val = None
     if use_cache:
         before = cache.stats.as_dict()
         n_views = 1 if config.augment_strength == 0 else AUG_VIEWS
-        views = [cut_features(parts, split.x_train, cache, weights_id, strength=config.augment_strength, view=v)
-                 for v in range(n_views)]
-        train_data = FeatureSequence(views, split.y_train, config.batch_size, shuffle=True, seed=seed)
-        val_data = FeatureSequence([cut_features(parts, split.x_val, cache, weights_id)], split.y_val, EVAL_BATCH,
-                                   shuffle=False)
+
+        def data(block: int | None) -> tuple[FeatureSequence, FeatureSequence]:
+            views = [cut_features(parts, split.x_train, cache, weights_id, strength=config.augment_strength,
+                                  view=v, block=block) for v in range(n_views)]
+            return (FeatureSequence(views, split.y_train, config.batch_size, shuffle=True, seed=seed),
+                    FeatureSequence([cut_features(parts, split.x_val, cache, weights_id, block=block)],
+                                    split.y_val, EVAL_BATCH, shuffle=False))
+
+        train_data, val_data = data(None)
         model = parts.head
+        if warm and parts.top is not None:
+            # Warm-up trains the classifier alone while the top blocks are frozen: their output is fixed
+            # too, so it is cached and the warm-up epochs skip the top blocks entirely.
+            warm_model = parts.classifier
+            warm_train, warm_val = data(TOP_BLOCK)
         if trial is not None:
             after = cache.stats.as_dict()
             trial.set_user_attr("feature_cache", {k: round(after[k] - before[k], 3) for k in after})
@@ -314,8 +337,10 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     result = TrainResult()
     if warm:
         parts.set_top_trainable(False)
-        compile_phase(model, config, config.head_lr)
-        result.merge(fit_tracked(model, train_data, val_data, epochs=warm, n_train=n_train, trial=trial,
+        if warm_model is None:
+            warm_model, warm_train, warm_val = model, train_data, val_data
+        compile_phase(warm_model, config, config.head_lr)
+        result.merge(fit_tracked(warm_model, warm_train, warm_val, epochs=warm, n_train=n_train, trial=trial,
                                  callbacks=callbacks))
     if tune and result.pruned_at is None:
         parts.set_top_trainable(True)

@@ -170,9 +170,32 @@ def test_pruning_counts_steps_across_warm_up_and_fine_tuning(random_weights: Pat
                                     weights=str(random_weights), cache=cache)
     assert sorted(study.trials[0].intermediate_values) == [1, 2, 3]  # 2 warm-up + 1 fine-tuning epoch, one counter
     assert result.pruned_at == 3 and result.epochs_run == 3 and len(result.history["loss"]) == 3
-    assert cache.stats.computed == 3  # 2 augmented training views + validation, each once
-    assert trial.user_attrs["feature_cache"]["computed"] == 3
+    # 2 augmented training views + validation, each once at the cut (mixed9) and once at mixed10 for the
+    # warm-up, which trains the classifier alone on the frozen top block's cached output
+    assert cache.stats.computed == 6
+    assert trial.user_attrs["feature_cache"]["computed"] == 6
     assert model.input.shape[1:] == (32, 32, 3) and result.params == model.count_params()
+
+
+def test_warm_up_classifier_is_the_head_of_the_fine_tuned_model(random_weights: Path) -> None:
+    """The warm-up trains `classifier` on cached mixed10 features; the fine-tuning model `head` must use the
+    very same layers on top of the unfrozen blocks, and agree with the cached path."""
+    import numpy as np
+
+    from search.feature_cache import FeatureCache, weights_identity
+    from search.inception_model import build_inception, cut_features
+
+    config = dataclasses.replace(SMALL, unfreeze_blocks=1, head_dropout=0.0, augment_strength=0.0)
+    parts = build_inception(config, str(random_weights), seed=0)
+    split = tiny_split()
+    cache, wid = FeatureCache(), weights_identity(str(random_weights))
+    at_cut = cut_features(parts, split.x_val, cache, wid)
+    final = cut_features(parts, split.x_val, cache, wid, block=10)
+    np.testing.assert_allclose(final.astype("float32"), parts.top.predict(at_cut.astype("float32"), verbose=0),
+                               rtol=1e-2, atol=1e-2)
+    assert {id(w) for w in parts.classifier.weights} <= {id(w) for w in parts.head.weights}
+    np.testing.assert_allclose(parts.classifier.predict(final.astype("float32"), verbose=0),
+                               parts.head.predict(at_cut.astype("float32"), verbose=0), atol=2e-3)
 
 
 def test_hpo_search_inception_with_a_local_weights_file(random_weights: Path, tiny_npz: Path, tmp_path: Path) -> None:
