@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                  "weights": Path(args.weights).name if args.weights != "imagenet" else "imagenet"},
         "machine": {"cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
                     "platform": platform.platform(), "tensorflow": tf.__version__,
-                    "note": "2 CPU cores shared with other jobs while measured (load average above 2); run niced"},
-        "command": "nice -n 10 .venv/bin/python benchmarks/transfer_cache.py " + " ".join(argv or sys.argv[1:]),
+                    "load_average_at_start": os.getloadavg()[0]},
+        "command": "python benchmarks/transfer_cache.py " + " ".join(argv or sys.argv[1:]),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
