@@ -25,7 +25,17 @@ _logger = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
 MAX_STORAGE_ERRORS = 10
+MAX_CONSECUTIVE_FAILURES = 5
 ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """Why run_worker returned: "done" (budget reached or time up) or "recycle" (ran ``max_trials``), and
+    how many of this worker's last trials failed in a row (carried over to the next trial process)."""
+
+    reason: str
+    failures_in_a_row: int
 
 
 class BudgetReached(Exception):
@@ -100,18 +110,17 @@ def stale_trial_reaper(study: optuna.Study):
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
                n_trials: int | None, timeout: float | None = None,
                on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               poll_seconds: float = 2.0, max_consecutive_failures: int = 5,
-               max_trials: int | None = None) -> str:
-    """Run trials until ``n_trials`` finished trials exist study-wide (or ``timeout``).
+               poll_seconds: float = 2.0, max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+               max_trials: int | None = None, failures_in_a_row: int = 0) -> WorkerExit:
+    """Run trials until ``n_trials`` finished trials exist study-wide (or ``timeout``), or until this process
+    ran ``max_trials`` and should hand over to a fresh one (search/worker_process.py).
 
-    Returns "done" (budget reached or time up) or "recycle" (this process ran ``max_trials`` trials and
-    should hand over to a fresh one, see search/worker_process.py).
-
-    A failing trial fails only that trial; ``max_consecutive_failures`` in a row means something is wrong
-    with the setup, not the trial, and stops the worker with RuntimeError.
+    A failing trial fails only that trial; ``max_consecutive_failures`` in a row (counting the
+    ``failures_in_a_row`` a previous process of this worker ended with) means something is wrong with the
+    setup, not the trial, and stops the worker with RuntimeError.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    ran, failures_in_a_row, storage_errors = 0, 0, 0
+    ran, storage_errors = 0, 0
     states: list[TrialState] = []  # this worker's trials only (others interleave in the study)
     callbacks = [lambda _study, trial: states.append(trial.state)] + ([on_trial_end] if on_trial_end else [])
     surplus: list[int] = []
@@ -145,14 +154,14 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 time.sleep(poll_seconds)
                 continue
             ran, storage_errors = ran + 1, 0
-            if max_trials is not None and ran >= max_trials and not surplus:
-                return "recycle"
             if surplus:
                 break
             failures_in_a_row = failures_in_a_row + 1 if states and states[-1] == TrialState.FAIL else 0
             if failures_in_a_row >= max_consecutive_failures:
                 raise RuntimeError(f"{failures_in_a_row} trials failed in a row; see the errors above")
-    return "done"
+            if max_trials is not None and ran >= max_trials:
+                return WorkerExit("recycle", failures_in_a_row)
+    return WorkerExit("done", failures_in_a_row)
 
 
 def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,

@@ -22,7 +22,10 @@ from typing import Callable
 
 _logger = logging.getLogger(__name__)
 
-EXIT_DONE, EXIT_RECYCLE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 75, 1, 130
+EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+# "Hand over to a fresh process": 100 + how many of the worker's last trials failed in a row, so the
+# consecutive-failure limit holds across processes (a setup that fails every trial must stop the worker).
+EXIT_RECYCLE = 100
 MAX_CRASHES = 3
 
 
@@ -38,6 +41,7 @@ class ChildJob:
     data_override: str | None
     threads: int | None
     generation: int = 0  # how many trial processes this worker started before; seeds the sampler
+    failures_in_a_row: int = 0  # carried over from the previous trial process
 
 
 def _die_with_parent() -> None:
@@ -65,7 +69,7 @@ def _run_child(job: ChildJob) -> int:
     from search.errors import ConfigError
     from search.objective import Objective
     from search.study_setup import open_hpo_study
-    from search.worker import run_worker
+    from search.worker import MAX_CONSECUTIVE_FAILURES, run_worker
 
     _quiet_libraries()
     try:
@@ -79,11 +83,23 @@ def _run_child(job: ChildJob) -> int:
     timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
     try:
         outcome = run_worker(opened.study, objective, n_trials=job.n_trials, timeout=timeout,
-                             max_trials=job.recycle_after)
+                             max_trials=job.recycle_after, failures_in_a_row=job.failures_in_a_row)
     except RuntimeError as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_RECYCLE if outcome == "recycle" else EXIT_DONE
+    if outcome.reason == "recycle":
+        assert outcome.failures_in_a_row < MAX_CONSECUTIVE_FAILURES  # run_worker raised otherwise
+        return EXIT_RECYCLE + outcome.failures_in_a_row
+    return EXIT_DONE
+
+
+def recycled_failures(code: int | None) -> int | None:
+    """For a child's exit code: the failures in a row it hands over if it asks to be recycled, else None."""
+    from search.worker import MAX_CONSECUTIVE_FAILURES
+
+    if code is not None and EXIT_RECYCLE <= code < EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES:
+        return code - EXIT_RECYCLE
+    return None
 
 
 def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
@@ -118,7 +134,9 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
             raise
         on_poll()
         code = child.exitcode
-        if code == EXIT_RECYCLE:
+        carried = recycled_failures(code)
+        if carried is not None:
+            job = dataclasses.replace(job, failures_in_a_row=carried)
             continue
         if code in (EXIT_DONE, EXIT_FAILED):
             return code
