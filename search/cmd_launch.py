@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                             space_config=args.space_config)
     for note in opened.notes:
         print(f"hpo launch: {note}", file=sys.stderr)
+    opened.release_data()  # the workers load their own
     n_trials = budget(args, opened.settings.n_trials)
     threads = None if gpus else max(1, (os.cpu_count() or 1) // args.workers)
     print(f"study {args.study} in {mask_url(args.storage)}: starting {args.workers} workers"

@@ -103,6 +103,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
         else:
             from search.worker_process import ChildJob, run_in_child_processes
 
+            opened.release_data()  # the trial processes load their own
             job = ChildJob(url=args.storage, study=study.study_name, heartbeat=args.heartbeat,
                            worker_index=worker_index, n_trials=n_trials,
                            deadline=None if args.timeout is None else time.time() + args.timeout,

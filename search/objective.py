@@ -26,10 +26,9 @@ def get_trainer(space: str) -> Callable[..., Any]:
 
 
 def clear_tensorflow_state() -> None:
-    """Drop the previous trial's graph, layers and optimizer state so memory does not grow per trial.
-
-    glibc keeps freed heap pages mapped; without malloc_trim a worker's resident memory ratchets up to the
-    largest model it has seen, trial after trial, although nothing leaks.
+    """Drop the previous trial's graph, layers and optimizer state, and hand freed heap pages back (glibc
+    keeps them mapped otherwise). This slows memory growth but does not stop it (measured in
+    benchmarks/worker_memory.py): recycled trial processes (search/worker_process.py) are what bound it.
     """
     import keras
 

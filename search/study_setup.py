@@ -22,9 +22,13 @@ from storage.urls import DEFAULT_HEARTBEAT_S
 class OpenedStudy:
     study: optuna.Study
     settings: StudySettings
-    split: Split
+    split: Split | None
     created: bool
     notes: list[str]  # one-line messages for the CLI to print (e.g. baseline not enqueued)
+
+    def release_data(self) -> None:
+        """For a process that only watches while others train (they load their own copy): frees the split."""
+        self.split = None
 
 
 def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_index: int = 0, generation: int = 0,
@@ -67,14 +71,15 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
         )
     settings = dataclasses.replace(settings, data_fingerprint=fingerprint)
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
-    notes: list[str] = []
     study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
                        sampler=make_sampler(settings, worker_index, generation), pruner=make_pruner(settings))
+    notes = []
     if not exists:
         annotate_new_study(study, settings, space)
-        if settings.baseline:
-            notes.append(enqueue_baseline(study, settings.space, space))
-    return OpenedStudy(study, settings, split, created=not exists, notes=[n for n in notes if n])
+        note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
+        if note:
+            notes.append(note)
+    return OpenedStudy(study, settings, split, created=not exists, notes=notes)
 
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
