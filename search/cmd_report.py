@@ -43,8 +43,9 @@ def run_report(args: argparse.Namespace) -> int:
     from reports.ranking import rank_trials
     from reports.render import ReportMeta
     from search.data import CLASS_NAMES
-    from search.evaluate import (choose_candidates, evaluate_candidates, evaluation_seeds, load_checked_data,
+    from search.evaluate import (choose_candidates, evaluate_candidates, evaluation_seeds,
                                  stored_evaluations)
+    from search.study_setup import load_study_data
 
     _positive("--top", args.top)
     _positive("--epochs", args.epochs)
@@ -57,7 +58,7 @@ def run_report(args: argparse.Namespace) -> int:
         candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs)
         stored = stored_evaluations(study, candidates, seeds, settings.data_fingerprint)
         missing = args.evaluate and any(len(stored.get(c.key, [])) < len(seeds) for c in candidates)
-        data = load_checked_data(settings, args.data, f"study {study.study_name!r}") if missing else None
+        data = load_study_data(settings, args.data, f"study {study.study_name!r}") if missing else None
         plans.append((study, settings, candidates, seeds, stored, data))
     rankings, images = [], {}
     for study, settings, candidates, seeds, evaluations, data in plans:
@@ -121,7 +122,8 @@ def run_retrain(args: argparse.Namespace) -> int:
     from reports.evaluation import format_report_text
     from reports.export import read_export
     from search.data import CLASS_NAMES
-    from search.evaluate import load_checked_data, retrain_exported, settings_for_export
+    from search.evaluate import retrain_exported, settings_for_export
+    from search.study_setup import load_study_data
 
     _positive("--epochs", args.epochs)
     out = Path(args.out).expanduser()
@@ -135,7 +137,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         from search.inception_model import check_weights
 
         check_weights(settings.weights)
-    data = load_checked_data(settings, args.data, f"config {args.config!r}")
+    data = load_study_data(settings, args.data, f"config {args.config!r}")
     seed = exported.seed if args.seed is None else args.seed
     print(f"hpo retrain: {exported.space} config (study {exported.study}, trial {exported.trial}): "
           f"{settings.epochs} epoch(s), seed {seed}", file=sys.stderr)

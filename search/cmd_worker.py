@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from search.cmd_search import add_budget_flags, add_storage_flags, budget, run_trials, sigterm_as_interrupt

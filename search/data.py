@@ -33,11 +33,16 @@ class Cifar10:
     y_test: np.ndarray
 
     def fingerprint(self) -> str:
-        """sha256 over all four arrays: identifies the data a study was run on, wherever it is stored."""
-        digest = hashlib.sha256()
-        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()[:16]
+        """sha256 over all four arrays: identifies the data a study was run on, wherever it is stored.
+
+        Hashing 180 MB takes a noticeable fraction of a second, so it is computed once per object.
+        """
+        if "_fingerprint" not in self.__dict__:
+            digest = hashlib.sha256()
+            for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+                digest.update(np.ascontiguousarray(array).tobytes())
+            object.__setattr__(self, "_fingerprint", digest.hexdigest()[:16])  # frozen: set once, here
+        return self.__dict__["_fingerprint"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, stored_runs
 from reports.export import ExportedConfig, export_epochs
 from reports.ranking import RankedRow, find_baseline
-from search.data import CLASS_NAMES, Cifar10, Split, load_cifar10, split_train_val
+from search.data import CLASS_NAMES, Cifar10, Split, split_train_val
 from search.errors import ConfigError
 from search.settings import StudySettings, absolute_data_path
 from spaces import get_space_module
@@ -33,19 +33,6 @@ class Candidate:
     baseline: bool
     params: dict[str, Any]
     epochs: int
-
-
-def load_checked_data(settings: StudySettings, data_override: str | None, what: str) -> Cifar10:
-    """The study's data (or ``--data``), refused when its fingerprint is not the one the study ran on."""
-    path = absolute_data_path(data_override) if data_override else settings.data
-    data = load_cifar10(path)
-    fingerprint = data.fingerprint()
-    if settings.data_fingerprint not in (None, fingerprint):
-        raise ConfigError(
-            f"the data at {path or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data {what} "
-            f"was run on ({settings.data_fingerprint}); pass --data with that data"
-        )
-    return data
 
 
 def choose_candidates(trials: Sequence[FrozenTrial], rows: Sequence[RankedRow], top_k: int, settings: StudySettings,

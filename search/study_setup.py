@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from search.data import Split, load_cifar10, split_train_val
+from search.data import Cifar10, Split, load_cifar10, split_train_val
 from search.errors import ConfigError
 from search.study_note import annotate_new_study
 from search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
@@ -62,14 +62,8 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
         from search.inception_model import check_weights
 
         check_weights(settings.weights)
-    data = load_cifar10(settings.data)
-    fingerprint = data.fingerprint()
-    if settings.data_fingerprint not in (None, fingerprint):
-        raise ConfigError(
-            f"the data at {settings.data or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data "
-            f"study {name!r} was run on ({settings.data_fingerprint}); pass --data with the study's data"
-        )
-    settings = dataclasses.replace(settings, data_fingerprint=fingerprint)
+    data = load_study_data(settings, None, f"study {name!r}")
+    settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
                        sampler=make_sampler(settings, worker_index, generation), pruner=make_pruner(settings))
@@ -80,6 +74,19 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
         if note:
             notes.append(note)
     return OpenedStudy(study, settings, split, created=not exists, notes=notes)
+
+
+def load_study_data(settings: StudySettings, data_override: str | None, what: str) -> Cifar10:
+    """The study's data (or ``data_override``), refused when its fingerprint is not the one ``what`` ran on."""
+    path = absolute_data_path(data_override) if data_override else settings.data
+    data = load_cifar10(path)
+    fingerprint = data.fingerprint()
+    if settings.data_fingerprint not in (None, fingerprint):
+        raise ConfigError(
+            f"the data at {path or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data {what} "
+            f"was run on ({settings.data_fingerprint}); pass --data with that data"
+        )
+    return data
 
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
