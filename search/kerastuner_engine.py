@@ -508,7 +508,7 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def why_stop() -> str | None:
-        if n_trials is not None and count_trials(study).finished >= n_trials:
+        if n_trials is not None and count_trials(study, with_best=False).finished >= n_trials:
             return "n_trials"
         if deadline is not None and time.monotonic() >= deadline:
             return "timeout"
@@ -574,7 +574,7 @@ def run_kerastuner(args: Any, given: dict[str, Any]) -> int:
 
 def run_opened(args: Any, opened: Any) -> int:
     """Run KerasTuner on a study already opened by `hpo search` (e.g. a resume that left out --engine)."""
-    from search.cmd_search import budget
+    from search.cmd_search import budget, summary_line
     from search.progress import StudyProgress
     from search.worker import count_trials
     from storage.urls import mask_url
@@ -598,8 +598,5 @@ def run_opened(args: Any, opened: Any) -> int:
         return 1
     finally:
         progress.close()
-    counts = count_trials(study)
-    best = f"{counts.best:.4f}" if counts.best is not None else "none"
-    print(f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
-          f"{counts.failed} failed; best validation accuracy {best}")
+    print(summary_line(study))
     return 0
