@@ -29,7 +29,7 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
                         f"study's, else {DEFAULT_N_TRIALS}); shared by all workers")
     parser.add_argument("--timeout", type=float, metavar="SEC", help="stop starting trials after SEC seconds")
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SEC",
-                        help=f"trial heartbeat interval; a trial silent for 2 intervals is failed and retried "
+                        help=f"trial heartbeat interval; a trial silent for 1.5 intervals is failed and retried "
                         f"(default {DEFAULT_HEARTBEAT_S})")
     parser.add_argument("--recycle-after", type=int, default=DEFAULT_RECYCLE_AFTER, metavar="N",
                         help="run trials in a child process replaced every N trials, so TensorFlow memory "

@@ -32,6 +32,10 @@ _logger = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///hpo.db"
 DEFAULT_HEARTBEAT_S = 30
 MAX_RETRY_OF_STALE_TRIAL = 2
+# A trial whose last heartbeat is older than 1.5 intervals is stale. Live trials beat every interval, so
+# half an interval is left for a late beat; with the workers' check every quarter interval
+# (search/worker.py) a killed worker's trial is failed within 1.75 intervals of the kill.
+STALE_AFTER_INTERVALS = 1.5
 SQLITE_BUSY_TIMEOUT_S = 60
 MEMORY_URL = "memory://"
 
@@ -148,6 +152,11 @@ for _name in ResilientRDBStorage._IDEMPOTENT:
         setattr(ResilientRDBStorage, _name, retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 
+def stale_grace_seconds(heartbeat_interval: int) -> float:
+    """How old a trial's last heartbeat may be before the trial counts as dead (at least 1 s past a beat)."""
+    return max(STALE_AFTER_INTERVALS * heartbeat_interval, heartbeat_interval + 1.0)
+
+
 def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEARTBEAT_S,
                  *, create: bool = True) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url``; raises ConfigError with one clear line when it cannot be opened.
@@ -161,7 +170,9 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
         return optuna.storages.InMemoryStorage()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable enough
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
-    common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry)
+    # Optuna types grace_period as int but only uses it in a timedelta, so 1.5 intervals is kept exact.
+    common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, grace_period=stale_grace_seconds(heartbeat_interval),
+                                  heartbeat_stale_trial_callback=retry)
     path = sqlite_path(url)
     if path is not None and not create and not path.exists():
         raise ConfigError(f"SQLite storage {str(path)!r} does not exist; check --storage")

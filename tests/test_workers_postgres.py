@@ -74,7 +74,7 @@ def test_launch_three_workers_reaches_exactly_the_budget(postgres_url, pg_study,
 
 
 def test_killed_worker_trial_fails_is_retried_and_the_study_completes(postgres_url, pg_study, slow_npz):
-    n_trials, heartbeat = 5, 3
+    n_trials, heartbeat = 5, 4
     study = create(postgres_url, pg_study, slow_npz, epochs=4, pruner="none", n_trials=n_trials)
     workers = [worker(postgres_url, pg_study, "--heartbeat", str(heartbeat), "--threads", "1", "--worker-index", str(i))
                for i in range(3)]
@@ -106,8 +106,8 @@ def test_killed_worker_trial_fails_is_retried_and_the_study_completes(postgres_u
         assert proc.returncode == 0, err
     trials = study.get_trials(deepcopy=False)
     assert trials[target.number].state == TrialState.FAIL
-    # failed once its heartbeat is two intervals old, found by a live worker's check (one interval apart)
-    assert failed_after <= 3 * heartbeat + 4, failed_after
+    # the bound: FAIL within two heartbeat intervals of the kill (stale after 1.5, checked every 0.25)
+    assert failed_after <= 2 * heartbeat, failed_after
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == target.number]
     assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retries[0].params == trials[target.number].params
