@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 
 from reports import plots
+from search.settings import TUNER_ATTR
 from reports.evaluation import EvalRun, summarize
 from reports.export import build_export
 from reports.ranking import StudyRanking, build_ranking, label, rank_by_test
@@ -40,6 +41,7 @@ def study_ranking(study: optuna.Study, settings: Mapping[str, Any], evaluations:
     """The StudyRanking of one study, its plots added to ``images`` (file name -> PNG bytes)."""
     trials = study.get_trials(deepcopy=False)
     ranking = build_ranking(study.study_name, settings["space"], settings, trials)
+    ranking.tuner = study.user_attrs.get(TUNER_ATTR)
     if ranking.rows:
         best = next(t for t in trials if t.number == ranking.rows[0].trial)
         ranking.best_config = build_export(study.study_name, best, settings)

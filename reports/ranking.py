@@ -222,6 +222,7 @@ class StudyRanking:
     plots: dict[str, str] = field(default_factory=dict)  # plot title -> PNG file name
     plots_confusion: dict[str, str] = field(default_factory=dict)  # candidate key -> confusion-matrix PNG
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, most important first
+    tuner: str | None = None  # the KerasTuner tuner of an `--engine kerastuner` study
     notes: list[str] = field(default_factory=list)
 
     @property

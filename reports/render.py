@@ -109,6 +109,14 @@ def report_blocks(rankings: Sequence[StudyRanking], meta: ReportMeta) -> list[Bl
     return blocks
 
 
+def search_method(r: StudyRanking) -> str:
+    """Who chose the trials: Optuna's sampler and pruner, or a KerasTuner tuner (its own pruning)."""
+    s = r.settings
+    if s.get("engine") == "kerastuner":
+        return f"engine KerasTuner, tuner {r.tuner or 'unknown'}"
+    return f"engine Optuna, sampler {s.get('sampler')}, pruner {s.get('pruner')}"
+
+
 def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     s, c = r.settings, r.counts
     blocks: list[Block] = [Heading(f"Study `{r.study}` (space `{r.space}`)", 2)]
@@ -116,7 +124,7 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     blocks.append(Paragraph(
         f"Data `{data}` (fingerprint `{s.get('data_fingerprint')}`), validation {s.get('val_size')} images, "
         f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
-        f"sampler {s.get('sampler')}, pruner {s.get('pruner')}."))
+        f"{search_method(r)}."))
     blocks.append(Paragraph(
         f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of these as infeasible configurations), "
         f"{c.failed} failed, {c.running} running, {c.waiting} waiting."))

@@ -40,6 +40,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from search.errors import ConfigError
+from search.settings import TUNER_ATTR
 from spaces import build_space, get_space_module
 from spaces.bounds import Bound, Choice, FloatRange, IntRange, space_bounds
 
@@ -49,7 +50,6 @@ ENGINE = "kerastuner"
 TUNERS = ("hyperband", "bayesian", "random")
 DEFAULT_TUNER = "hyperband"
 WORKDIR = "kerastuner"
-TUNER_ATTR = "kerastuner_tuner"  # study user attr: the tuner a study was started with (a resume must match)
 OBJECTIVE = "val_accuracy"
 MAX_CONSECUTIVE_FAILURES = 5  # as the Optuna engine's worker loop
 HYPERBAND_FACTOR = 3  # as search.settings.make_pruner

@@ -16,6 +16,8 @@ from search.errors import ConfigError
 SETTINGS_ATTR = "hpo_settings"
 FORMAT_ATTR = "hpo_format"
 FORMAT = 1
+# Study user attr of a `--engine kerastuner` study: the tuner it was started with (a resume must match).
+TUNER_ATTR = "kerastuner_tuner"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "none")
 ENGINES = ("optuna", "kerastuner")

@@ -155,6 +155,10 @@ def test_tiny_hyperband_search_end_to_end(tiny_npz: Path, tmp_path: Path, monkey
     assert trials[last.user_attrs["continues_trial"]].params == last.params
     assert last.value == pytest.approx(max(last.intermediate_values.values()))
     assert (tmp_path / "kerastuner" / "kt" / "oracle.json").exists()
+    # The report reads the recorded trials like any study's, and names the engine that chose them.
+    assert main(["report", "--study", "kt", "--storage", url, "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "engine KerasTuner, tuner hyperband" in report and "sampler tpe" not in report
     # A resume must keep the tuner; optuna-only flags are refused before anything is written.
     assert main([*common, "--tuner", "random"]) == 2
     assert main([*common, "--sampler", "random"]) == 2
