@@ -11,7 +11,7 @@ import sys
 from search.errors import ConfigError
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
-COMMANDS = ("cmd_search", "cmd_worker", "cmd_launch", "cmd_report", "cmd_dashboard")
+COMMANDS = ("cmd_search", "cmd_worker", "cmd_launch", "cmd_report", "cmd_dashboard", "cmd_cache")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -12,8 +12,9 @@ here and trains only the part above. An entry is keyed by
 Entries live in memory (least recently used dropped beyond a byte budget) and, unless disabled, on disk
 as ``.npy`` files (memory-mapped on load, written atomically so parallel workers can share a directory).
 Where: ``$HPO_CACHE_DIR``, else ``~/.cache/cifar-hpo``. Which: ``$HPO_FEATURE_CACHE`` = ``disk`` (default:
-memory and disk), ``memory`` or ``off`` (no cache: the trunk runs every epoch). The disk cache is never
-pruned automatically; delete the directory to reclaim space.
+memory and disk), ``memory`` or ``off`` (no cache: the trunk runs every epoch). How big the disk part may
+grow: ``$HPO_CACHE_MAX_GB`` (default 20); after each write the least recently used entries beyond it are
+deleted (a read marks an entry used). ``hpo cache`` shows the cache and clears it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from search.errors import ConfigError
 
 CACHE_MODES = ("disk", "memory", "off")
 DEFAULT_MEMORY_MB = 3072
+# Full CIFAR-10 at 139 px cut at mixed8 is ~1 GB a view in float16: 20 GB keeps a few input sizes and cuts.
+DEFAULT_MAX_DISK_GB = 20.0
 STORE_DTYPE = "float16"  # halves memory and disk; ~1e-3 relative error on post-ReLU activations
 FORMAT = 1  # bump when what a key means changes, so old disk entries are never read
 
@@ -67,10 +70,12 @@ class CacheStats:
 
 @dataclass
 class FeatureCache:
-    """Memory (LRU, ``memory_bytes``) and optional disk (``directory``) store of feature arrays."""
+    """Memory (LRU, ``memory_bytes``) and optional disk (``directory``, LRU, ``max_disk_bytes``) store of
+    feature arrays."""
 
     directory: Path | None = None
     memory_bytes: int = DEFAULT_MEMORY_MB * 2**20
+    max_disk_bytes: int | None = int(DEFAULT_MAX_DISK_GB * 2**30)  # None: unbounded
     stats: CacheStats = field(default_factory=CacheStats)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,7 @@ class FeatureCache:
         except (OSError, ValueError, EOFError):
             return None
         self.stats.disk_hits += 1
+        _touch(path)  # recently used: the last to be pruned
         self._remember(token, array)
         return array
 
@@ -113,6 +119,8 @@ class FeatureCache:
                 np.save(handle, stored, allow_pickle=False)
             os.replace(handle.name, path)  # atomic: a reader sees the whole file or none
             path.with_suffix(".json").write_text(json.dumps({**asdict(key), "shape": list(stored.shape)}))
+            if self.max_disk_bytes is not None:
+                prune_disk(self.directory, self.max_disk_bytes, keep=path)
         self._remember(key.token(), stored)
         return stored
 
@@ -135,6 +143,55 @@ class FeatureCache:
 
     def clear_memory(self) -> None:
         self._memory.clear()
+
+
+@dataclass(frozen=True)
+class DiskEntry:
+    path: Path  # the .npy file; its .json sidecar describes the key
+    size: int
+    last_used: float  # mtime: written or last read
+
+
+def disk_entries(directory: Path) -> list[DiskEntry]:
+    """The cache's entries, least recently used first (files deleted meanwhile by another worker skipped)."""
+    entries = []
+    for path in Path(directory).glob("*.npy"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append(DiskEntry(path, stat.st_size, stat.st_mtime))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def remove_entry(path: Path) -> None:
+    # Another process may have it memory-mapped: on POSIX its mapping stays valid until it lets go.
+    for file in (path, path.with_suffix(".json")):
+        file.unlink(missing_ok=True)
+
+
+def prune_disk(directory: Path, max_bytes: int, *, keep: Path | None = None) -> list[DiskEntry]:
+    """Delete least recently used entries until the cache holds at most ``max_bytes`` (``keep`` is spared:
+    the entry just written is needed now even if it alone is larger). Returns what was deleted."""
+    entries = disk_entries(directory)
+    total = sum(e.size for e in entries)
+    removed = []
+    for entry in entries:
+        if total <= max_bytes:
+            break
+        if keep is not None and entry.path == keep:
+            continue
+        remove_entry(entry.path)
+        total -= entry.size
+        removed.append(entry)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # read-only cache directory or deleted meanwhile: ordering is only a hint
+        pass
 
 
 def array_fingerprint(*arrays: np.ndarray) -> str:
@@ -172,7 +229,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "cifar-hpo").expanduser()
 
 
-_DEFAULT: dict[tuple[str, str, int], FeatureCache] = {}
+_DEFAULT: dict[tuple[str, str, int, int], FeatureCache] = {}
 
 
 def default_cache() -> FeatureCache | None:
@@ -184,7 +241,20 @@ def default_cache() -> FeatureCache | None:
         return None
     memory_mb = int(os.environ.get("HPO_CACHE_MEMORY_MB", DEFAULT_MEMORY_MB))
     directory = default_cache_dir() / "features" if mode == "disk" else None
-    where = (mode, str(directory), memory_mb)
+    max_bytes = max_disk_bytes()
+    where = (mode, str(directory), memory_mb, max_bytes)
     if where not in _DEFAULT:
-        _DEFAULT[where] = FeatureCache(directory=directory, memory_bytes=memory_mb * 2**20)
+        _DEFAULT[where] = FeatureCache(directory=directory, memory_bytes=memory_mb * 2**20, max_disk_bytes=max_bytes)
     return _DEFAULT[where]
+
+
+def max_disk_bytes() -> int:
+    """``$HPO_CACHE_MAX_GB`` (default 20) in bytes."""
+    text = os.environ.get("HPO_CACHE_MAX_GB", "").strip()
+    try:
+        gigabytes = float(text) if text else DEFAULT_MAX_DISK_GB
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes > 0:
+        raise ConfigError(f"HPO_CACHE_MAX_GB must be a number of gigabytes > 0, but got {text!r}")
+    return int(gigabytes * 2**30)

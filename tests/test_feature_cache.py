@@ -4,13 +4,15 @@ uncached network (a weights file saved from a random InceptionV3 stands in for I
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from search.errors import ConfigError
-from search.feature_cache import CacheKey, FeatureCache, array_fingerprint, default_cache, weights_identity
+from search.cli import main
+from search.feature_cache import CacheKey, FeatureCache, array_fingerprint, default_cache, disk_entries, weights_identity
 
 KEY = CacheKey(weights="imagenet", input_size=75, cut="mixed8", data="abc")
 
@@ -67,6 +69,58 @@ def test_memory_budget_drops_the_least_recently_used_entry() -> None:
     cache.get(keys[0])  # now keys[1] is the least recently used
     cache.put(keys[2], np.zeros(100))
     assert cache.contains(keys[0]) and cache.contains(keys[2]) and not cache.contains(keys[1])
+
+
+def _set_last_used(cache: FeatureCache, key: CacheKey, when: float) -> None:
+    path = cache.directory / f"{key.token()}.npy"
+    os.utime(path, (when, when))
+
+
+def test_disk_cache_prunes_the_least_recently_used_entries_beyond_its_limit(tmp_path: Path) -> None:
+    entry_bytes = 128 + 1000 * 2  # .npy header + 1000 float16 values
+    cache = FeatureCache(directory=tmp_path, memory_bytes=0, max_disk_bytes=2 * entry_bytes)
+    keys = [dataclasses.replace(KEY, data=str(i)) for i in range(3)]
+    cache.put(keys[0], np.zeros(1000))
+    cache.put(keys[1], np.ones(1000))
+    assert all(e.size == entry_bytes for e in disk_entries(tmp_path))
+    _set_last_used(cache, keys[0], 1_000)
+    _set_last_used(cache, keys[1], 2_000)
+    FeatureCache(directory=tmp_path, memory_bytes=0).get(keys[0])  # a read (another worker) marks it used
+    cache.put(keys[2], np.full(1000, 2.0))  # over the limit: the least recently used entry goes
+    assert {e.path.stem for e in disk_entries(tmp_path)} == {keys[0].token(), keys[2].token()}
+    assert not (tmp_path / f"{keys[1].token()}.json").exists()  # the sidecar goes with its array
+    compute, calls = counting(np.ones(1000))
+    FeatureCache(directory=tmp_path).get_or_compute(keys[1], compute)  # a pruned entry is recomputed
+    assert calls == [1]
+
+
+def test_an_entry_larger_than_the_limit_is_kept_until_the_next_write(tmp_path: Path) -> None:
+    cache = FeatureCache(directory=tmp_path, memory_bytes=0, max_disk_bytes=10)
+    stored = cache.put(KEY, np.zeros(1000))
+    assert [e.path.stem for e in disk_entries(tmp_path)] == [KEY.token()] and stored.shape == (1000,)
+
+
+def test_hpo_cache_shows_prunes_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path))
+    cache = FeatureCache(directory=tmp_path / "features", max_disk_bytes=None)
+    keys = [dataclasses.replace(KEY, data=str(i)) for i in range(3)] + [dataclasses.replace(KEY, input_size=139)]
+    for key in keys:
+        cache.put(key, np.zeros(2**18))  # 0.5 MiB each
+    _set_last_used(cache, keys[3], 1_000)  # the oldest
+    assert main(["cache"]) == 0
+    shown = capsys.readouterr().out
+    assert "4 entries" in shown and "weights imagenet, 75 px, cut mixed8: 3 entries" in shown
+    assert "weights imagenet, 139 px, cut mixed8: 1 entries" in shown
+    assert main(["cache", "--max-gb", str(1.6 / 1024)]) == 0  # 1.6 MiB: one entry has to go, the oldest
+    assert "1 entries" in capsys.readouterr().out
+    assert len(disk_entries(tmp_path / "features")) == 3
+    assert not (tmp_path / "features" / f"{keys[3].token()}.npy").exists()
+    assert main(["cache", "--clear"]) == 0
+    assert "3 entries" in capsys.readouterr().out and list((tmp_path / "features").iterdir()) == []
+    assert main(["cache", "--max-gb", "-1"]) == 2
+    monkeypatch.setenv("HPO_CACHE_MAX_GB", "lots")
+    assert main(["cache"]) == 2 and "HPO_CACHE_MAX_GB" in capsys.readouterr().err
 
 
 def test_fingerprint_follows_the_data_selection() -> None:
