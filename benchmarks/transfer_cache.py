@@ -1,9 +1,15 @@
 """Frozen-trunk cache benchmark: the same inception configurations trained with and without the cache.
 
-For each configuration, on a CIFAR-10 subset: seconds per epoch (training + validation; "steady" leaves
-out the first epoch of each fit call, which also traces the graph), the one-off
+For each configuration, on a CIFAR-10 subset: seconds per epoch (training + validation; "steady" is the
+median of the fine-tuning epochs after the first of its fit call, which also traces the graph), the one-off
 seconds spent filling the cache (trunk over the training views and the validation images), and the
-validation accuracy, cached and uncached side by side. Writes benchmarks/results/transfer_cache.json.
+validation accuracy, cached and uncached side by side, for each of --seeds seeds (modes alternate, so load
+changes hit both). Writes benchmarks/results/transfer_cache.json.
+
+Also recorded per configuration: the compute ceiling of the speedup, from the multiply-accumulates of the
+convolutions below and above the cut (an uncached epoch runs the whole network forward on training and
+validation images and back through the trainable part; a cached one only the trainable part): no cache of
+the frozen part can beat it, whatever the implementation.
 
     nice -n 10 .venv/bin/python benchmarks/transfer_cache.py --data /work/assets/cifar10.npz \
         --weights /work/assets/inception_v3_imagenet_notop.weights.h5 --subset 1000 --val-size 1000
@@ -16,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +39,7 @@ def configurations(input_size: int) -> dict[str, Any]:
     base = dataclasses.replace(BASELINE, input_size=input_size)
     return {
         "frozen_extractor": dataclasses.replace(base, unfreeze_blocks=0),
+        "finetune_top1": dataclasses.replace(base, unfreeze_blocks=1, warmup_epochs=1),
         "finetune_top2": dataclasses.replace(base, unfreeze_blocks=2, warmup_epochs=1),
     }
 
@@ -62,11 +70,41 @@ def epoch_clock() -> Any:
     return EpochClock()
 
 
+def conv_macs_above_cut(config: Any) -> tuple[float, float]:
+    """(multiply-accumulates per image of all convolutions, of those above the cut) for random weights."""
+    import keras
+
+    from search.inception_model import block_name, load_trunk
+
+    trunk = load_trunk(None, config.input_size)
+    names = [layer.name for layer in trunk.layers]
+    cut = names.index(block_name(config.cut_block))
+    total = above = 0.0
+    for index, layer in enumerate(trunk.layers):
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width, filters = layer.output.shape[1:]
+            macs = height * width * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1] * filters
+            total += macs
+            above += macs if index > cut else 0.0
+    return total, above
+
+
+def speedup_ceiling(config: Any, n_train: int, n_val: int) -> dict[str, float]:
+    """The compute bound of the per-epoch speedup (backward ~ 2x forward for trained layers; the head is
+    negligible): uncached = train * (1 + 2a) + val, cached = train * 3a + val * a, a = share above the cut."""
+    total, above = conv_macs_above_cut(config)
+    share = above / total
+    uncached = n_train * (1 + 2 * share) + n_val
+    cached = n_train * 3 * share + n_val * share
+    return {"share_of_convolution_macs_above_cut": round(share, 4),
+            "ceiling": round(uncached / cached, 2) if cached else None}  # None: nothing above the cut but the head
+
+
 def run_one(config: Any, split: Any, *, epochs: int, weights: str, cached: bool, seed: int) -> dict[str, Any]:
     import keras
 
     from search.feature_cache import FeatureCache
-    from search.inception_model import train_inception
+    from search.inception_model import _phases, train_inception
     from search.objective import clear_tensorflow_state
 
     keras.utils.set_random_seed(seed)
@@ -76,19 +114,43 @@ def run_one(config: Any, split: Any, *, epochs: int, weights: str, cached: bool,
     _, result = train_inception(config, split, epochs=epochs, trial=None, seed=seed, weights=weights, cache=cache,
                                 callbacks=[clock])
     wall = time.perf_counter() - start
-    steady = [s for s, first in zip(clock.seconds, clock.first) if not first]
+    _, tune = _phases(config, epochs)
+    # Steady state of the phase that matters: fine-tuning when there is one, else the head-only epochs.
+    phase = list(zip(clock.seconds, clock.first))[-tune:] if tune else list(zip(clock.seconds, clock.first))
+    steady = sorted(s for s, first in phase if not first)
     clear_tensorflow_state()
     return {
         "wall_seconds": round(wall, 2),
         "cache_fill_seconds": round(cache.stats.compute_seconds, 2) if cache else 0.0,
         "seconds_per_epoch": round(result.fit_seconds / result.epochs_run, 2),
         "epoch_seconds": [round(s, 2) for s in clock.seconds],
-        "steady_seconds_per_epoch": round(sum(steady) / len(steady), 2) if steady else None,
+        "steady_seconds_per_epoch": round(statistics.median(steady), 2) if steady else None,
         "train_seconds_per_epoch": round(result.train_seconds / result.epochs_run, 2),
         "train_images_per_s": round(result.images_per_s, 1),
         "val_accuracy": [round(v, 4) for v in result.val_accuracy],
         "best_val_accuracy": round(result.best_val_accuracy, 4),
     }
+
+
+def ratio(run: dict[str, Any], field: str) -> float | None:
+    uncached, cached = run["uncached"][field], run["cached"][field]
+    return round(uncached / cached, 2) if uncached and cached else None
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median speedups and the mean (and spread) of the accuracy difference over seeds."""
+    def median(field: str) -> float | None:
+        values = [r[field] for r in runs if r[field] is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    diffs = [r["val_accuracy_difference_points"] for r in runs]
+    return {"seeds": len(runs), "median_speedup_per_epoch": median("speedup_per_epoch"),
+            "median_speedup_per_epoch_steady": median("speedup_per_epoch_steady"),
+            "median_speedup_wall_including_fill": median("speedup_wall_including_fill"),
+            "val_accuracy_difference_points_mean": round(statistics.mean(diffs), 2),
+            "val_accuracy_difference_points_std": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else None,
+            "best_val_accuracy_uncached_mean": round(statistics.mean(r["uncached"]["best_val_accuracy"] for r in runs), 4),
+            "best_val_accuracy_cached_mean": round(statistics.mean(r["cached"]["best_val_accuracy"] for r in runs), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, default=1000, help="training images")
     parser.add_argument("--val-size", type=int, default=1000, help="validation images")
     parser.add_argument("--input-size", type=int, default=139)
-    parser.add_argument("--epochs", type=int, default=3, help="3: each phase of finetune_top2 has a steady epoch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("frozen_extractor", "finetune_top2"), action="append")
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="4: one warm-up and three fine-tuning epochs, two of them steady")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (the data split stays seed 0)")
+    parser.add_argument("--only", choices=("frozen_extractor", "finetune_top1", "finetune_top2"), action="append")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cache.json")
     args = parser.parse_args(argv)
 
@@ -110,29 +173,34 @@ def main(argv: list[str] | None = None) -> int:
     from search.inception_model import AUG_VIEWS, check_weights
 
     check_weights(args.weights)
-    split = split_train_val(load_cifar10(args.data), args.val_size, args.subset, args.seed)
+    split = split_train_val(load_cifar10(args.data), args.val_size, args.subset, 0)
     results: dict[str, Any] = {}
     for name, config in configurations(args.input_size).items():
         if args.only and name not in args.only:
             continue
-        row: dict[str, Any] = {"config": config.to_params()}
-        for mode in ("uncached", "cached"):
-            row[mode] = run_one(config, split, epochs=args.epochs, weights=args.weights, cached=mode == "cached",
-                                seed=args.seed)
-            print(name, mode, row[mode], flush=True)
-        row["speedup_per_epoch"] = round(row["uncached"]["seconds_per_epoch"] / row["cached"]["seconds_per_epoch"], 2)
-        if row["cached"]["steady_seconds_per_epoch"] and row["uncached"]["steady_seconds_per_epoch"]:
-            row["speedup_per_epoch_steady"] = round(
-                row["uncached"]["steady_seconds_per_epoch"] / row["cached"]["steady_seconds_per_epoch"], 2)
-        row["speedup_wall_including_fill"] = round(row["uncached"]["wall_seconds"] / row["cached"]["wall_seconds"], 2)
-        row["val_accuracy_difference_points"] = round(
-            100 * (row["cached"]["best_val_accuracy"] - row["uncached"]["best_val_accuracy"]), 2)
+        row: dict[str, Any] = {"config": config.to_params(),
+                               "compute_bound": speedup_ceiling(config, len(split.x_train), len(split.x_val)),
+                               "runs": []}
+        for seed in range(args.seeds):
+            modes = ("uncached", "cached") if seed % 2 == 0 else ("cached", "uncached")
+            run = {"seed": seed}
+            for mode in modes:
+                run[mode] = run_one(config, split, epochs=args.epochs, weights=args.weights,
+                                    cached=mode == "cached", seed=seed)
+                print(name, seed, mode, run[mode], flush=True)
+            run["speedup_per_epoch"] = ratio(run, "seconds_per_epoch")
+            run["speedup_per_epoch_steady"] = ratio(run, "steady_seconds_per_epoch")
+            run["speedup_wall_including_fill"] = ratio(run, "wall_seconds")
+            run["val_accuracy_difference_points"] = round(
+                100 * (run["cached"]["best_val_accuracy"] - run["uncached"]["best_val_accuracy"]), 2)
+            row["runs"].append(run)
+        row["summary"] = summarize(row["runs"])
         results[name] = row
 
     report = {
         "what": "inception configurations trained with and without the frozen-trunk feature cache",
         "data": {"train_images": len(split.x_train), "val_images": len(split.x_val), "input_size": args.input_size,
-                 "epochs": args.epochs, "seed": args.seed, "augmented_views_cached": AUG_VIEWS,
+                 "epochs": args.epochs, "seeds": args.seeds, "augmented_views_cached": AUG_VIEWS,
                  "weights": Path(args.weights).name if args.weights != "imagenet" else "imagenet"},
         "machine": {"cpus": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
                     "platform": platform.platform(), "tensorflow": tf.__version__,
