@@ -169,11 +169,12 @@ def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Pa
 
 
 def trial_summary(trial: FrozenTrial) -> list[Any]:
-    """[number, state, epochs trained, best val accuracy it saw, baseline?] for looking into a run."""
+    """[number, state, epochs trained, best val accuracy it saw, baseline?, val accuracy per epoch] for looking
+    into a run (the per-epoch curves of unpruned trials show how well early epochs rank configurations)."""
     epochs = trained_epochs(trial)
     best = max((v for _, v in epochs), default=None)
     return [trial.number, trial.state.name, len(epochs), None if best is None else round(best, 4),
-            bool(trial.user_attrs.get("baseline"))]
+            bool(trial.user_attrs.get("baseline")), [round(v, 4) for _, v in epochs]]
 
 
 def run_baseline(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                            "counts only its new epochs); may exceed the budget by the last trial's overshoot",
             "best_val_accuracy": "highest validation accuracy of any epoch within the first budget_epochs epochs",
             "curve": "[cumulative epochs, best-so-far validation accuracy]",
-            "trial_log": "[trial number, state, epochs trained, best validation accuracy it reached, baseline]",
+            "trial_log": "[trial number, state, epochs trained, best validation accuracy it reached, baseline, "
+                         "validation accuracy per trained epoch]",
         },
         "runs": [], "baselines": [],
     }
