@@ -6,10 +6,12 @@ seconds spent filling the cache (trunk over the training views and the validatio
 validation accuracy, cached and uncached side by side, for each of --seeds seeds (modes alternate, so load
 changes hit both). Writes benchmarks/results/transfer_cache.json.
 
-Also recorded per configuration: the compute ceiling of the speedup, from the multiply-accumulates of the
-convolutions below and above the cut (an uncached epoch runs the whole network forward on training and
-validation images and back through the trainable part; a cached one only the trainable part): no cache of
-the frozen part can beat it, whatever the implementation.
+Also recorded per configuration (``compute_bound``): the speedup to expect if epoch time were proportional to
+the multiply-accumulates of the convolutions (an uncached epoch runs the whole network forward on training
+and validation images and back through the trainable part; a cached one only the trainable part). It is an
+estimate, not a hard limit: the uncached epoch also pays for resizing, augmentation and the memory-bound
+layers (batch norm, pooling, concatenation) at the trunk's high resolutions, which it does not count, so a
+measured speedup can exceed it.
 
     nice -n 10 .venv/bin/python benchmarks/transfer_cache.py --data /work/assets/cifar10.npz \
         --weights /work/assets/inception_v3_imagenet_notop.weights.h5 --subset 1000 --val-size 1000
@@ -90,8 +92,9 @@ def conv_macs_above_cut(config: Any) -> tuple[float, float]:
 
 
 def speedup_ceiling(config: Any, n_train: int, n_val: int) -> dict[str, float]:
-    """The compute bound of the per-epoch speedup (backward ~ 2x forward for trained layers; the head is
-    negligible): uncached = train * (1 + 2a) + val, cached = train * 3a + val * a, a = share above the cut."""
+    """The per-epoch speedup if time followed convolution MACs (backward ~ 2x forward for trained layers; the
+    head is negligible): uncached = train * (1 + 2a) + val, cached = train * 3a + val * a, a = share above the
+    cut. ``ceiling`` is that ratio (None for a frozen extractor, where only the head is above the cut)."""
     total, above = conv_macs_above_cut(config)
     share = above / total
     uncached = n_train * (1 + 2 * share) + n_val
