@@ -80,13 +80,15 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
                               text=True) for _ in range(workers)]
     outputs = [p.communicate(timeout=seconds + 300) for p in procs]
     late = time.time() > start_at + seconds + 60
-    reports, stderr_locked = [], 0
+    reports, stderr_locked, error_samples = [], 0, []
     for proc, (out, err) in zip(procs, outputs):
         stderr_locked += err.lower().count("database is locked")
         try:
             reports.append(json.loads(out.strip().splitlines()[-1]))
         except (IndexError, json.JSONDecodeError):
             reports.append({"completed": 0, "locked": 0, "other": 1})
+        if err.strip() or reports[-1]["locked"] or reports[-1]["other"]:
+            error_samples.append(err.strip()[-1500:] or out.strip()[-300:])  # what went wrong, for the JSON
     study = optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
     completed = sum(r["completed"] for r in reports)
@@ -96,7 +98,7 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
     return {"mode": mode, "workers": workers, "completed_in_window": completed, "trials_per_s": round(rate, 3),
             "efficiency": round(rate / ideal, 3), "failed_trials": failed,
             "locked_errors": sum(r["locked"] for r in reports) + stderr_locked,
-            "worker_errors": sum(r["other"] for r in reports), "late": late}
+            "worker_errors": sum(r["other"] for r in reports), "late": late, "error_samples": error_samples[:3]}
 
 
 def main() -> None:
