@@ -91,7 +91,7 @@ def conv_macs_above_cut(config: Any) -> tuple[float, float]:
     return total, above
 
 
-def speedup_ceiling(config: Any, n_train: int, n_val: int) -> dict[str, float]:
+def mac_speedup_estimate(config: Any, n_train: int, n_val: int) -> dict[str, float]:
     """The per-epoch speedup if time followed convolution MACs (backward ~ 2x forward for trained layers; the
     head is negligible): uncached = train * (1 + 2a) + val, cached = train * 3a + val * a, a = share above the
     cut. ``ceiling`` is that ratio (None for a frozen extractor, where only the head is above the cut)."""
@@ -107,7 +107,7 @@ def run_one(config: Any, split: Any, *, epochs: int, weights: str, cached: bool,
     import keras
 
     from search.feature_cache import FeatureCache
-    from search.inception_model import _phases, train_inception
+    from search.inception_model import train_inception
     from search.objective import clear_tensorflow_state
 
     keras.utils.set_random_seed(seed)
@@ -117,10 +117,10 @@ def run_one(config: Any, split: Any, *, epochs: int, weights: str, cached: bool,
     _, result = train_inception(config, split, epochs=epochs, trial=None, seed=seed, weights=weights, cache=cache,
                                 callbacks=[clock])
     wall = time.perf_counter() - start
-    _, tune = _phases(config, epochs)
-    # Steady state of the phase that matters: fine-tuning when there is one, else the head-only epochs.
-    phase = list(zip(clock.seconds, clock.first))[-tune:] if tune else list(zip(clock.seconds, clock.first))
-    steady = sorted(s for s, first in phase if not first)
+    # Steady state of the phase that matters, the last fit call (fine-tuning when there is one, else the
+    # head-only epochs): its epochs after the first, which also traced the graph.
+    last_fit = max(i for i, first in enumerate(clock.first) if first)
+    steady = clock.seconds[last_fit + 1:]
     clear_tensorflow_state()
     return {
         "wall_seconds": round(wall, 2),
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         row: dict[str, Any] = {"config": config.to_params(),
-                               "compute_bound": speedup_ceiling(config, len(split.x_train), len(split.x_val)),
+                               "compute_bound": mac_speedup_estimate(config, len(split.x_train), len(split.x_val)),
                                "runs": []}
         for seed in range(args.seeds):
             modes = ("uncached", "cached") if seed % 2 == 0 else ("cached", "uncached")

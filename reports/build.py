@@ -15,11 +15,11 @@ from typing import Any, Mapping, Sequence
 import optuna
 
 from reports import plots
-from search.settings import TUNER_ATTR
 from reports.evaluation import EvalRun, summarize
 from reports.export import build_export
 from reports.ranking import StudyRanking, build_ranking, label, rank_by_test
 from reports.render import ReportMeta, ranking_csv, ranking_json, report_blocks, to_html, to_markdown
+from search.settings import TUNER_ATTR
 
 BEST_CONFIG = "best_config.json"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import ConfigError
-from search.feature_cache import DiskEntry, default_cache_dir, disk_entries, max_disk_bytes, prune_disk, remove_entry
+from search.feature_cache import DiskEntry, default_features_dir, disk_entries, max_disk_bytes, prune_disk, remove_entry
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    directory = (args.dir or default_cache_dir() / "features").expanduser()
+    directory = (args.dir or default_features_dir()).expanduser()
     if args.max_gb is not None and not args.max_gb >= 0:
         raise ConfigError(f"--max-gb must be >= 0, but got {args.max_gb}")
     if directory.exists() and not directory.is_dir():
@@ -46,7 +46,7 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"cleared {directory}: {len(entries)} entries, {gigabytes(sum(e.size for e in entries))} freed")
         return 0
     if args.max_gb is not None:
-        removed = prune_disk(directory, int(args.max_gb * 2**30)) if entries else []
+        removed = prune_disk(directory, int(args.max_gb * 2**30))
         print(f"pruned {directory} to {args.max_gb:g} GB: {len(removed)} entries, "
               f"{gigabytes(sum(e.size for e in removed))} freed")
         return 0

@@ -229,6 +229,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HPO_CACHE_DIR") or Path.home() / ".cache" / "cifar-hpo").expanduser()
 
 
+def default_features_dir() -> Path:
+    """Where the disk cache keeps its entries (``hpo cache`` reads the same folder)."""
+    return default_cache_dir() / "features"
+
+
 _DEFAULT: dict[tuple[str, str, int, int], FeatureCache] = {}
 
 
@@ -240,7 +245,7 @@ def default_cache() -> FeatureCache | None:
     if mode == "off":
         return None
     memory_mb = int(os.environ.get("HPO_CACHE_MEMORY_MB", DEFAULT_MEMORY_MB))
-    directory = default_cache_dir() / "features" if mode == "disk" else None
+    directory = default_features_dir() if mode == "disk" else None
     max_bytes = max_disk_bytes()
     where = (mode, str(directory), memory_mb, max_bytes)
     if where not in _DEFAULT:
