@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import re
 import sqlite3
 import time
@@ -87,11 +88,30 @@ def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
                                isolation_level=None)  # transactions begun explicitly, see _begin_immediate
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn, path)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     return connect
+
+
+def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Put the file in WAL mode (a no-op once it is). Switching a rollback-journal file, e.g. one plain
+    Optuna created, upgrades a read lock to a write lock, so when several workers open it at the same
+    instant all but one get an immediate "database is locked" that the busy timeout does not wait out;
+    they retry until the first switch is done."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))  # jittered, so the retries do not collide again
+    if mode.lower() != "wal":  # e.g. a file system without shared memory; it works, but readers block writers
+        _logger.warning("SQLite file %s stays in %s journal mode (WAL unavailable here); prefer a local disk "
+                        "or PostgreSQL for several workers", path, mode)
 
 
 def _is_disconnect(err: BaseException) -> bool:

@@ -1,9 +1,11 @@
 """Storage URLs, SQLite settings, and the one-line errors of bad storage input."""
 
+import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
@@ -12,6 +14,8 @@ from search.cli import main
 from search.errors import ConfigError
 from storage import make_storage, mask_url
 from storage.urls import normalize_url
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def test_passwords_are_masked():
@@ -102,10 +106,9 @@ READER = textwrap.dedent("""
 def test_four_sqlite_writers_and_a_reader_never_lock(tmp_path):
     url = f"sqlite:///{tmp_path / 'busy.db'}"
     optuna.create_study(study_name="busy", storage=make_storage(url))
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, "15"], cwd=root, stdout=subprocess.PIPE,
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, "15"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    reader = subprocess.run([sys.executable, "-c", READER, url, "8"], cwd=root, capture_output=True, text=True,
+    reader = subprocess.run([sys.executable, "-c", READER, url, "8"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     outputs = [w.communicate(timeout=120) for w in writers]
     assert reader.returncode == 0, reader.stderr
@@ -115,3 +118,46 @@ def test_four_sqlite_writers_and_a_reader_never_lock(tmp_path):
         assert "locked" not in err.lower()
     states = [t.state for t in optuna.load_study(study_name="busy", storage=url).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 60
+
+
+# Workers opening, at the same instant, a SQLite file that plain Optuna created (rollback journal): each
+# connection switches it to WAL; before the switch was retried, 8 of 320 such opens failed with "locked".
+SIMULTANEOUS_OPENS = textwrap.dedent("""
+    import multiprocessing, sys, tempfile
+    import optuna
+    from storage import make_storage
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def open_at_once(url, barrier, results):
+        barrier.wait()
+        try:
+            with make_storage(url, create=False).engine.connect() as conn:
+                results.put(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+        except Exception as err:
+            results.put(f"{type(err).__name__}: {err}")
+
+    ctx = multiprocessing.get_context("fork")  # no re-import, so the opens really coincide
+    workers, rounds = int(sys.argv[1]), int(sys.argv[2])
+    outcomes = []
+    for _ in range(rounds):
+        url = "sqlite:///" + tempfile.mkdtemp() + "/plain.db"
+        optuna.create_study(study_name="s", storage=url)  # plain Optuna: rollback journal, not WAL
+        barrier, results = ctx.Barrier(workers), ctx.Queue()
+        procs = [ctx.Process(target=open_at_once, args=(url, barrier, results)) for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        outcomes += [results.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join()
+    for outcome in outcomes:
+        print(outcome)
+""")
+
+
+def test_workers_opening_a_plain_optuna_file_at_once_never_lock(tmp_path):
+    run = subprocess.run([sys.executable, "-c", SIMULTANEOUS_OPENS, "16", "12"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    outcomes = run.stdout.splitlines()
+    assert len(outcomes) == 16 * 12
+    assert set(outcomes) == {"wal"}, [o for o in outcomes if o != "wal"][:3]
