@@ -5,7 +5,12 @@ K / trial_seconds trials/s; efficiency = measured / ideal. Each configuration (s
 its own fresh study; "service" workers use storage.make_storage + search.worker.run_worker (WAL/busy
 timeout/BEGIN IMMEDIATE on SQLite, pre-ping pool on PostgreSQL, heartbeats, budget checks), "plain" workers
 use optuna.load_study(storage=URL).optimize with Optuna's defaults. Both use RandomSampler, so the
-storage, not the sampler, is measured. Modes alternate per K so machine noise hits both.
+storage, not the sampler, is measured. The order of the modes alternates per K so machine noise hits both.
+
+Each row also records how busy the whole machine's CPUs were during the window (workers, database server
+and anything else) and the machine CPU seconds per completed trial: a busy fraction near 1 means the cores,
+not the storage, set the rate, and ``cores_needed_estimate`` = target efficiency x K / trial_seconds x CPU
+seconds per trial says how many cores the efficiency target would take at that per-trial cost.
 
     python benchmarks/storage_scaling.py [--workers 1 4 8 16] [--seconds 15] [--sqlite-dir DIR]
                                          [--postgres postgresql://postgres@127.0.0.1:5432/test]
@@ -71,6 +76,17 @@ print(json.dumps({"completed": done, **errors}))
 '''
 
 
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat; None off Linux."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / ticks, sum(fields[:8]) / ticks
+
+
 def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds: float) -> dict:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     optuna.create_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -78,6 +94,10 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, url, name, str(start_at), str(seconds),
                                str(trial_seconds)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(workers)]
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = machine_cpu_seconds()
+    time.sleep(max(0.0, start_at + seconds - time.time()))
+    cpu_after = machine_cpu_seconds()
     outputs = [p.communicate(timeout=seconds + 300) for p in procs]
     late = time.time() > start_at + seconds + 60
     reports, stderr_locked, error_samples = [], 0, []
@@ -95,10 +115,15 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
     rate = completed / seconds
     ideal = workers / trial_seconds
     optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    busy = None if cpu_before is None else [a - b for a, b in zip(cpu_after, cpu_before)]
     return {"mode": mode, "workers": workers, "completed_in_window": completed, "trials_per_s": round(rate, 3),
             "efficiency": round(rate / ideal, 3), "failed_trials": failed,
             "locked_errors": sum(r["locked"] for r in reports) + stderr_locked,
-            "worker_errors": sum(r["other"] for r in reports), "late": late, "error_samples": error_samples[:3]}
+            "worker_errors": sum(r["other"] for r in reports), "late": late,
+            # every process on the machine (workers, database server, anything else) during the window
+            "machine_cpu_busy": None if busy is None else round(busy[0] / busy[1], 3),
+            "cpu_seconds_per_trial": None if busy is None or not completed else round(busy[0] / completed, 4),
+            "error_samples": error_samples[:3]}
 
 
 def main() -> None:
@@ -116,8 +141,8 @@ def main() -> None:
     sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="hpo-bench-"))
     rows = []
     for storage in args.storages:
-        for workers in args.workers:
-            for mode in ("plain", "service"):
+        for index, workers in enumerate(args.workers):
+            for mode in ("plain", "service") if index % 2 == 0 else ("service", "plain"):
                 url = (f"sqlite:///{sqlite_dir / f'{mode}-{workers}.db'}" if storage == "sqlite"
                        else args.postgres)
                 row = {"storage": storage, **run_config(mode, url, workers, args.seconds, args.trial_seconds)}
@@ -135,12 +160,16 @@ def main() -> None:
                                "plain_seconds_per_trial_per_worker": round(plain_per_trial, 4),
                                "service_seconds_per_trial_per_worker": round(service_per_trial, 4),
                                "service_overhead_vs_plain": round(service_per_trial / plain_per_trial - 1, 4)})
+    cores_needed = [
+        {"storage": row["storage"], "mode": row["mode"], "workers": row["workers"],
+         "cores_for_efficiency_0.90": round(0.9 * row["workers"] / args.trial_seconds * row["cpu_seconds_per_trial"], 1)}
+        for row in rows if row["cpu_seconds_per_trial"] and row["workers"] == max(args.workers)]
     result = {
         "benchmark": "storage_scaling",
         "command": "python " + " ".join(["benchmarks/storage_scaling.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "trial_seconds": args.trial_seconds, "window_seconds": args.seconds,
-        "rows": rows, "comparison": comparison,
+        "rows": rows, "comparison": comparison, "cores_needed_estimate": cores_needed,
         "targets": {"failed_or_locked": 0, "postgresql_efficiency_at_16": ">= 0.90",
                     "service_overhead_vs_plain": "<= 0.10"},
     }
