@@ -114,6 +114,22 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ retrain
+ALL = "all"
+
+
+def subset_arg(text: str) -> int | str:
+    """`--subset N|all`: a positive image count, or all of the training split."""
+    if text == ALL:
+        return ALL
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', but got {value}")
+    return value
+
+
 def metrics_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name[: -len(".keras")] + ".metrics.json")
 
@@ -132,7 +148,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
     exported = read_export(args.config)
-    settings = settings_for_export(exported, args.data, args.epochs, args.weights)
+    settings = settings_for_export(exported, args.data, args.epochs, args.weights, subset=args.subset)
     if settings.space == "inception":
         from search.inception_model import check_weights
 
@@ -140,13 +156,14 @@ def run_retrain(args: argparse.Namespace) -> int:
     data = load_study_data(settings, args.data, f"config {args.config!r}")
     seed = exported.seed if args.seed is None else args.seed
     print(f"hpo retrain: {exported.space} config (study {exported.study}, trial {exported.trial}): "
-          f"{settings.epochs} epoch(s), seed {seed}", file=sys.stderr)
+          f"{settings.epochs} epoch(s), seed {seed}, training images: {settings.subset or 'all'}", file=sys.stderr)
     model, result, run = retrain_exported(exported, settings, data, seed)
     model.save(out)
     metrics = {
         "config": str(Path(args.config).expanduser().resolve()), "model": str(out.resolve()),
         "space": exported.space, "study": exported.study, "trial": exported.trial, "params": exported.params,
         "epochs": settings.epochs, "seed": seed, "data": settings.data, "data_fingerprint": data.fingerprint(),
+        "training_subset": settings.subset, "searched_subset": exported.data.get("subset"),  # None: all images
         "test_accuracy": run.accuracy, "classification_report": run.report, "confusion_matrix": run.confusion,
         "class_names": list(CLASS_NAMES), "n_params": result.params, "fit_seconds": round(result.fit_seconds, 3),
         "history": result.history, "best_val_accuracy": result.best_val_accuracy,
@@ -199,6 +216,9 @@ def register(subparsers: Any) -> None:
     retrain.add_argument("--data", metavar="PATH", help="where the data is on this machine (checked by fingerprint)")
     retrain.add_argument("--epochs", type=int, metavar="E", help="epochs (default: the config's)")
     retrain.add_argument("--seed", type=int, metavar="S", help="training seed (default: the config's)")
+    retrain.add_argument("--subset", type=subset_arg, metavar="N|all",
+                         help="train on N images of the training split, or all of it, instead of the subset the "
+                              "study searched on (the validation images stay the same)")
     retrain.add_argument("--weights", metavar="imagenet|PATH", help="inception space: where the ImageNet weights are")
     retrain.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
     retrain.set_defaults(run=run_retrain)

@@ -131,17 +131,20 @@ def predict_labels(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarr
 
 
 def settings_for_export(exported: ExportedConfig, data_override: str | None, epochs: int | None,
-                        weights: str | None) -> StudySettings:
+                        weights: str | None, subset: int | str | None = None) -> StudySettings:
     """StudySettings that reproduce the exported configuration's training conditions (the trainer's settings=).
 
     Their seed is the split's seed (which images are validation); the training seed is passed separately.
+    ``subset`` replaces the searched training subset (a count, or "all"); the validation split does not
+    depend on it (search.data.split_train_val draws validation first).
     """
     data = exported.data
     values: dict[str, Any] = {
         "space": exported.space,
         "data": absolute_data_path(data_override) if data_override else data.get("path"),
         "data_fingerprint": data.get("fingerprint"),
-        "val_size": data.get("val_size"), "subset": data.get("subset"), "seed": data.get("seed"),
+        "val_size": data.get("val_size"), "seed": data.get("seed"),
+        "subset": data.get("subset") if subset is None else (None if subset == "all" else subset),
         "epochs": epochs or exported.epochs, "weights": weights or exported.weights,
     }
     try:

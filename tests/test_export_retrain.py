@@ -163,3 +163,33 @@ def test_export_errors(tiny_study: tuple[str, Path], tmp_path: Path, capsys: pyt
     assert "does not exist" in one_line_error(capsys)
     assert main(["export", "--study", "tiny", "--storage", url, "--trial", "1", "-o", str(tmp_path / "t1.json")]) == 0
     assert json.loads((tmp_path / "t1.json").read_text())["params"]["optimizer"] == "sgd"
+
+
+def test_retrain_on_all_training_images_after_a_subset_search(tmp_path: Path, tiny_npz: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Search on a subset, retrain the winner on the whole training split; validation images do not move."""
+    import numpy as np
+
+    from search.data import split_train_val
+    from search.evaluate import settings_for_export
+
+    document = good_document(tiny_npz)
+    document["data"]["subset"] = 100
+    config = write(tmp_path, document)
+    exported = read_export(config)
+    data = load_cifar10(tiny_npz)
+    searched = settings_for_export(exported, None, None, None)
+    for override, train_size in ((None, 100), ("all", 400), (250, 250)):
+        settings = settings_for_export(exported, None, None, None, subset=override)
+        split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+        assert len(split.y_train) == train_size
+        assert np.array_equal(split.x_val, split_train_val(data, searched.val_size, searched.subset, searched.seed).x_val)
+
+    model_path = tmp_path / "all.keras"
+    assert main(["retrain", "--config", str(config), "--subset", "all", "--out", str(model_path)]) == 0
+    assert "training images: all" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "all.metrics.json").read_text())
+    assert metrics["training_subset"] is None and metrics["searched_subset"] == 100
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retrain", "--config", str(config), "--subset", "0", "--out", str(model_path)])
+    assert exit_info.value.code == 2 and "'all'" in capsys.readouterr().err
