@@ -98,7 +98,7 @@ def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
     """Put the file in WAL mode (a no-op once it is). Switching a rollback-journal file, e.g. one plain
     Optuna created, upgrades a read lock to a write lock, so when several workers open it at the same
-    instant all but one get an immediate "database is locked" that the busy timeout does not wait out;
+    instant some of them get an immediate "database is locked" that the busy timeout does not wait out;
     they retry until the first switch is done."""
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     while True:
