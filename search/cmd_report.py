@@ -114,13 +114,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ retrain
-ALL = "all"
-
-
 def subset_arg(text: str) -> int | str:
     """`--subset N|all`: a positive image count, or all of the training split."""
-    if text == ALL:
-        return ALL
+    from search.settings import ALL_IMAGES  # only when --subset is given: keeps the CLI's start-up light
+
+    if text == ALL_IMAGES:
+        return ALL_IMAGES
     try:
         value = int(text)
     except ValueError:

@@ -20,7 +20,7 @@ from reports.export import ExportedConfig, export_epochs
 from reports.ranking import RankedRow, find_baseline
 from search.data import CLASS_NAMES, Cifar10, Split, split_train_val
 from search.errors import ConfigError
-from search.settings import StudySettings, absolute_data_path
+from search.settings import ALL_IMAGES, StudySettings, absolute_data_path
 from spaces import get_space_module
 
 
@@ -144,7 +144,7 @@ def settings_for_export(exported: ExportedConfig, data_override: str | None, epo
         "data": absolute_data_path(data_override) if data_override else data.get("path"),
         "data_fingerprint": data.get("fingerprint"),
         "val_size": data.get("val_size"), "seed": data.get("seed"),
-        "subset": data.get("subset") if subset is None else (None if subset == "all" else subset),
+        "subset": data.get("subset") if subset is None else (None if subset == ALL_IMAGES else subset),
         "epochs": epochs or exported.epochs, "weights": weights or exported.weights,
     }
     try:

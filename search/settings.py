@@ -26,6 +26,9 @@ BUDGET_FIELDS = ("n_trials", "timeout")
 # The data's location may differ between machines; its fingerprint may not.
 LOCAL_FIELDS = ("data",)
 
+# `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
+ALL_IMAGES = "all"
+
 
 @dataclass(frozen=True)
 class StudySettings:

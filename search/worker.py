@@ -166,7 +166,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
 
     callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
     with stale_trial_reaper(study):
-        while stop_reason is None and (deadline is None or time.monotonic() < deadline) and go_on():
+        while (deadline is None or time.monotonic() < deadline) and go_on():
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)

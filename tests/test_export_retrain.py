@@ -179,11 +179,12 @@ def test_retrain_on_all_training_images_after_a_subset_search(tmp_path: Path, ti
     exported = read_export(config)
     data = load_cifar10(tiny_npz)
     searched = settings_for_export(exported, None, None, None)
+    searched_val = split_train_val(data, searched.val_size, searched.subset, searched.seed).x_val
     for override, train_size in ((None, 100), ("all", 400), (250, 250)):
         settings = settings_for_export(exported, None, None, None, subset=override)
         split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
         assert len(split.y_train) == train_size
-        assert np.array_equal(split.x_val, split_train_val(data, searched.val_size, searched.subset, searched.seed).x_val)
+        assert np.array_equal(split.x_val, searched_val)
 
     model_path = tmp_path / "all.keras"
     assert main(["retrain", "--config", str(config), "--subset", "all", "--out", str(model_path)]) == 0
