@@ -89,7 +89,8 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
 
 def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds: float) -> dict:
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    optuna.create_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    admin_url = url.replace("postgresql://", "postgresql+psycopg://", 1)  # opened here with psycopg 3
+    optuna.create_study(study_name=name, storage=admin_url)
     start_at = time.time() + 8 + 0.5 * workers  # every process imports and connects before the clock starts
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, url, name, str(start_at), str(seconds),
                                str(trial_seconds)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -109,12 +110,12 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
             reports.append({"completed": 0, "locked": 0, "other": 1})
         if err.strip() or reports[-1]["locked"] or reports[-1]["other"]:
             error_samples.append(err.strip()[-1500:] or out.strip()[-300:])  # what went wrong, for the JSON
-    study = optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    study = optuna.load_study(study_name=name, storage=admin_url)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
     completed = sum(r["completed"] for r in reports)
     rate = completed / seconds
     ideal = workers / trial_seconds
-    optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    optuna.delete_study(study_name=name, storage=admin_url)
     busy = None if cpu_before is None else [a - b for a, b in zip(cpu_after, cpu_before)]
     return {"mode": mode, "workers": workers, "completed_in_window": completed, "trials_per_s": round(rate, 3),
             "efficiency": round(rate / ideal, 3), "failed_trials": failed,
