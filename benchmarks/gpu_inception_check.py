@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import tensorflow as tf
 
-    from search.cli import main as hpo
+    from cifar_hpo.search.cli import main as hpo
 
     gpus = tf.config.list_physical_devices("GPU")
     work = Path(tempfile.mkdtemp(prefix="hpo-gpu-check-"))

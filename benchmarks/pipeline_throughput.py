@@ -24,11 +24,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from search.cnn_model import build_cnn, compile_cnn  # noqa: E402
-from search.data import load_cifar10, split_train_val  # noqa: E402
-from search.objective import Objective, clear_tensorflow_state  # noqa: E402
-from search.settings import StudySettings  # noqa: E402
-from spaces.cnn import BASELINE  # noqa: E402
+from cifar_hpo.search.models.cnn import build_cnn, compile_cnn  # noqa: E402
+from cifar_hpo.search.models.data import load_cifar10, split_train_val  # noqa: E402
+from cifar_hpo.search.runtime.objective import Objective, clear_tensorflow_state  # noqa: E402
+from cifar_hpo.search.settings import StudySettings  # noqa: E402
+from cifar_hpo.spaces.cnn import BASELINE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_throughput.json"
 

@@ -4,7 +4,7 @@ Strategies, each on the `cnn` space with the same data split per seed and an equ
   a) the service's default: TPE + Hyperband pruning, seed baseline enqueued first, run through the service's
      own Objective and run_worker (what `hpo search` runs);
   b) random search without pruning (no baseline);
-  c) KerasTuner Hyperband through `--engine kerastuner` (search.kerastuner_engine; no baseline);
+  c) KerasTuner Hyperband through `--engine kerastuner` (cifar_hpo.search.engines.kerastuner.engine; no baseline);
 plus the seed baseline trained alone with the same data and max epochs.
 
 Budget: epochs actually trained, counted per trial (a pruned trial counts the epochs it ran; a KerasTuner
@@ -124,8 +124,8 @@ def given_for(strategy: str, args: argparse.Namespace, seed: int) -> dict[str, A
 
 def run_optuna(opened: Any, budget: int) -> None:
     """The service's own worker loop, one finished trial at a time, until the epoch budget is spent."""
-    from search.objective import Objective
-    from search.worker import count_trials, run_worker
+    from cifar_hpo.search.runtime.objective import Objective
+    from cifar_hpo.search.runtime.worker import count_trials, run_worker
 
     objective = Objective(opened.settings, opened.split)
     while epochs_used(opened.study) < budget:
@@ -133,14 +133,14 @@ def run_optuna(opened: Any, budget: int) -> None:
 
 
 def run_kerastuner(opened: Any, budget: int, workdir: Path) -> None:
-    from search.kerastuner_engine import run_search
+    from cifar_hpo.search.engines.kerastuner.engine import run_search
 
     run_search(opened, "hyperband", n_trials=None, timeout=None, directory=workdir / opened.study.study_name,
                stop=lambda study: "budget" if epochs_used(study) >= budget else None)
 
 
 def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:
-    from search.study_setup import open_hpo_study
+    from cifar_hpo.search.study_setup import open_hpo_study
 
     name = f"{strategy}-s{seed}"
     start = time.perf_counter()
@@ -181,10 +181,10 @@ def run_baseline(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The hand-tuned seed model alone, same split and max epochs (the trainer the objective uses)."""
     import keras
 
-    from search.cnn_model import train_cnn
-    from search.data import load_cifar10, split_train_val
-    from search.objective import clear_tensorflow_state
-    from spaces.cnn import BASELINE
+    from cifar_hpo.search.models.cnn import train_cnn
+    from cifar_hpo.search.models.data import load_cifar10, split_train_val
+    from cifar_hpo.search.runtime.objective import clear_tensorflow_state
+    from cifar_hpo.spaces.cnn import BASELINE
 
     split = split_train_val(load_cifar10(args.data), args.val, args.train, seed)
     keras.utils.set_random_seed(seed)

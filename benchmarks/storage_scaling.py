@@ -2,7 +2,7 @@
 
 Each trial sleeps --trial-seconds in total while reporting 10 intermediate values, so the ideal rate is
 K / trial_seconds trials/s; efficiency = measured / ideal. Each configuration (storage x K x mode) runs in
-its own fresh study; "service" workers use storage.make_storage + search.worker.run_worker (WAL/busy
+its own fresh study; "service" workers use storage.make_storage + cifar_hpo.search.runtime.worker.run_worker (WAL/busy
 timeout/BEGIN IMMEDIATE on SQLite, pre-ping pool on PostgreSQL, heartbeats, budget checks), "plain" workers
 use optuna.load_study(storage=URL).optimize with Optuna's defaults. Both use RandomSampler, so the
 storage, not the sampler, is measured. The order of the modes alternates per K so machine noise hits both.
@@ -54,8 +54,8 @@ def objective(trial):
     return x
 sampler = optuna.samplers.RandomSampler()
 if mode == "service":
-    from storage import make_storage
-    from search.worker import run_worker
+    from cifar_hpo.storage import make_storage
+    from cifar_hpo.search.runtime.worker import run_worker
     study = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=sampler)
 else:
     study = optuna.load_study(study_name=study_name, storage=url, sampler=sampler)

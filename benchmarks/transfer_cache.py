@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def configurations(input_size: int) -> dict[str, Any]:
-    from spaces.inception import BASELINE
+    from cifar_hpo.spaces.inception import BASELINE
 
     base = dataclasses.replace(BASELINE, input_size=input_size)
     return {
@@ -76,7 +76,7 @@ def conv_macs_above_cut(config: Any) -> tuple[float, float]:
     """(multiply-accumulates per image of all convolutions, of those above the cut) for random weights."""
     import keras
 
-    from search.inception_model import block_name, load_trunk
+    from cifar_hpo.search.models.inception import block_name, load_trunk
 
     trunk = load_trunk(None, config.input_size)
     names = [layer.name for layer in trunk.layers]
@@ -106,9 +106,9 @@ def mac_speedup_estimate(config: Any, n_train: int, n_val: int) -> dict[str, flo
 def run_one(config: Any, split: Any, *, epochs: int, weights: str, cached: bool, seed: int) -> dict[str, Any]:
     import keras
 
-    from search.feature_cache import FeatureCache
-    from search.inception_model import train_inception
-    from search.objective import clear_tensorflow_state
+    from cifar_hpo.search.models.feature_cache import FeatureCache
+    from cifar_hpo.search.models.inception import train_inception
+    from cifar_hpo.search.runtime.objective import clear_tensorflow_state
 
     keras.utils.set_random_seed(seed)
     cache = FeatureCache() if cached else None  # cold, memory only: the fill is part of what is measured
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from search.data import load_cifar10, split_train_val
-    from search.inception_model import AUG_VIEWS, check_weights
+    from cifar_hpo.search.models.data import load_cifar10, split_train_val
+    from cifar_hpo.search.models.inception import AUG_VIEWS, check_weights
 
     check_weights(args.weights)
     split = split_train_val(load_cifar10(args.data), args.val_size, args.subset, 0)

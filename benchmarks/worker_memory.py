@@ -21,8 +21,8 @@ from pathlib import Path
 
 import optuna
 
-from search.cli import main as hpo
-from search.cmd_search import DEFAULT_RECYCLE_AFTER
+from cifar_hpo.search.cli import main as hpo
+from cifar_hpo.search.cli.search import DEFAULT_RECYCLE_AFTER
 
 RESULTS = Path(__file__).resolve().parent / "results" / "worker_memory.json"
 

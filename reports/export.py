@@ -2,7 +2,7 @@
 
 The file names the space and every parameter, the data it was searched on (path, fingerprint, split), the
 epochs and seed, and the library versions. Loading checks all of it before any training, so a file from a
-newer hpo, an unknown space or a wrong parameter is one clear ConfigError.
+newer hpo, an unknown space or a wrong parameter is one clear ReportError.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Mapping
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import ConfigError
-from spaces import SPACE_NAMES, get_space_module
+from cifar_hpo.reports.errors import ReportError
+from cifar_hpo.spaces import SPACE_NAMES, get_space_module
 
 FORMAT_VERSION = 1
 KIND = "cifar-hpo-config"
@@ -65,7 +65,7 @@ def build_export(study_name: str, trial: FrozenTrial, settings: Mapping[str, Any
                  versions: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """The export document of ``trial`` (settings: StudySettings as a dict)."""
     if not trial.params:
-        raise ConfigError(f"trial {trial.number} of study {study_name!r} has no parameters to export")
+        raise ReportError(f"trial {trial.number} of study {study_name!r} has no parameters to export")
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
@@ -92,50 +92,50 @@ def build_export(study_name: str, trial: FrozenTrial, settings: Mapping[str, Any
 def write_export(path: str | Path, document: Mapping[str, Any]) -> Path:
     path = Path(path).expanduser()
     if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+        raise ReportError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     return path
 
 
 def read_export(path: str | Path) -> ExportedConfig:
-    """Read and check an export file; every problem is one ConfigError line naming the file."""
+    """Read and check an export file; every problem is one ReportError line naming the file."""
     path = Path(path).expanduser()
     where = f"config {str(path)!r}"
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
+        raise ReportError(f"{where} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {where}: {err}") from None
+        raise ReportError(f"cannot read {where}: {err}") from None
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{where} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise ReportError(f"{where} is not valid JSON ({err.msg} at line {err.lineno})") from None
     return parse_export(document, where, str(path))
 
 
 def parse_export(document: Any, where: str = "config", source: str = "") -> ExportedConfig:
     if not isinstance(document, dict):
-        raise ConfigError(f"{where} is not an hpo config export (expected a JSON object)")
+        raise ReportError(f"{where} is not an hpo config export (expected a JSON object)")
     version = document.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"{where} has no valid format_version (got {version!r}); export it with `hpo export`")
+        raise ReportError(f"{where} has no valid format_version (got {version!r}); export it with `hpo export`")
     if version > FORMAT_VERSION:
-        raise ConfigError(f"{where} has format_version {version}, newer than this hpo reads ({FORMAT_VERSION}); "
+        raise ReportError(f"{where} has format_version {version}, newer than this hpo reads ({FORMAT_VERSION}); "
                           "upgrade cifar-hpo")
     space = document.get("space")
     if space not in SPACE_NAMES:
-        raise ConfigError(f"{where} names unknown space {space!r}; known spaces: {list(SPACE_NAMES)}")
+        raise ReportError(f"{where} names unknown space {space!r}; known spaces: {list(SPACE_NAMES)}")
     params = document.get("params")
     if not isinstance(params, dict):
-        raise ConfigError(f"{where} has no 'params' object")
+        raise ReportError(f"{where} has no 'params' object")
     config = config_from_export(space, params, where)
     data = document.get("data") or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: 'data' must be an object with {list(DATA_FIELDS)}")
+        raise ReportError(f"{where}: 'data' must be an object with {list(DATA_FIELDS)}")
     epochs, seed = document.get("epochs"), document.get("seed", 0)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"{where}: 'epochs' must be an integer >= 1, but got {epochs!r}")
+        raise ReportError(f"{where}: 'epochs' must be an integer >= 1, but got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}: 'seed' must be an integer, but got {seed!r}")
+        raise ReportError(f"{where}: 'seed' must be an integer, but got {seed!r}")
     origin = document.get("source") or {}
     return ExportedConfig(
         space=space, params=dict(params), config=config, data={k: data.get(k) for k in DATA_FIELDS},
@@ -145,19 +145,19 @@ def parse_export(document: Any, where: str = "config", source: str = "") -> Expo
 
 
 def config_from_export(space: str, params: Mapping[str, Any], where: str) -> Any:
-    """The space's Config from exported params: unknown, missing or invalid parameters are ConfigErrors."""
+    """The space's Config from exported params: unknown, missing or invalid parameters are ReportErrors."""
     module = get_space_module(space)
     expected = [f.name for f in dataclasses.fields(module.Config)]
     unknown = [name for name in params if name not in expected]
     if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {unknown} for space {space!r}; expected {expected}")
+        raise ReportError(f"{where}: unknown parameter(s) {unknown} for space {space!r}; expected {expected}")
     missing = [name for name in expected if name not in params]
     if missing:
-        raise ConfigError(f"{where}: missing parameter(s) {missing} for space {space!r}")
+        raise ReportError(f"{where}: missing parameter(s) {missing} for space {space!r}")
     bad = [name for name, value in params.items() if isinstance(value, float) and not math.isfinite(value)]
     if bad:
-        raise ConfigError(f"{where}: parameter(s) {bad} are not finite numbers")
+        raise ReportError(f"{where}: parameter(s) {bad} are not finite numbers")
     try:
         return module.config_from_params(dict(params))
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: invalid parameters for space {space!r}: {err}") from None
+        raise ReportError(f"{where}: invalid parameters for space {space!r}: {err}") from None

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
-from reports.ranking import RankedRow, StudyRanking, TestRow, label, param_names
+from cifar_hpo.reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
+from cifar_hpo.reports.ranking import RankedRow, StudyRanking, TestRow, label, param_names
 
 CSV_FIELDS = ("study", "rank", "trial", "state", "baseline", "val_accuracy", "gain_vs_baseline", "best_epoch",
               "epochs_run", "n_params", "fit_seconds", "images_per_s", "wall_seconds", "test_accuracy_mean",
@@ -158,7 +158,7 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
 
 
 def validation_blocks(r: StudyRanking, top_k: int) -> list[Block]:
-    from reports.ranking import top_rows
+    from cifar_hpo.reports.ranking import top_rows
 
     blocks: list[Block] = [Heading(f"Validation ranking (top {min(top_k, len(r.rows))} of {len(r.rows)} completed)", 3)]
     if not r.rows:

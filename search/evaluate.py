@@ -15,13 +15,13 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, stored_runs
-from reports.export import ExportedConfig, export_epochs
-from reports.ranking import RankedRow, find_baseline
-from search.data import CLASS_NAMES, Cifar10, Split, split_train_val
-from search.errors import ConfigError
-from search.settings import ALL_IMAGES, StudySettings, absolute_data_path
-from spaces import get_space_module
+from cifar_hpo.reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, stored_runs
+from cifar_hpo.reports.export import ExportedConfig, export_epochs
+from cifar_hpo.reports.ranking import RankedRow, find_baseline
+from cifar_hpo.search.models.data import CLASS_NAMES, Cifar10, Split, split_train_val
+from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.settings import ALL_IMAGES, StudySettings, absolute_data_path
+from cifar_hpo.spaces import get_space_module
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def evaluate_candidates(study: optuna.Study, settings: StudySettings, data: Cifa
 def train_and_evaluate(settings: StudySettings, candidate: Candidate, split: Split, data: Cifar10,
                        seed: int) -> tuple[Any, EvalRun]:
     """Retrain one configuration with one seed on the training split, then evaluate it on the test set."""
-    from search.objective import clear_tensorflow_state
+    from cifar_hpo.search.runtime.objective import clear_tensorflow_state
 
     model, result = retrain(settings.space, candidate.params, split, epochs=candidate.epochs, seed=seed,
                             settings=settings)
@@ -114,7 +114,7 @@ def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, se
     """The space's own trainer, as the search ran it but without a trial (nothing is pruned)."""
     import keras
 
-    from search.objective import get_trainer
+    from cifar_hpo.search.runtime.objective import get_trainer
 
     config = get_space_module(space).config_from_params(dict(params))
     keras.utils.set_random_seed(seed)
@@ -123,7 +123,7 @@ def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, se
 
 def predict_labels(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class ids for raw uint8 images, through the same input pipeline as training."""
-    from search.data import make_dataset
+    from cifar_hpo.search.models.data import make_dataset
 
     dataset = make_dataset(x, np.zeros(len(x), dtype=np.int32), batch_size, shuffle=False)
     probabilities = model.predict(dataset, verbose=0)
@@ -136,7 +136,7 @@ def settings_for_export(exported: ExportedConfig, data_override: str | None, epo
 
     Their seed is the split's seed (which images are validation); the training seed is passed separately.
     ``subset`` replaces the searched training subset (a count, or "all"); the validation split does not
-    depend on it (search.data.split_train_val draws validation first).
+    depend on it (cifar_hpo.search.models.data.split_train_val draws validation first).
     """
     data = exported.data
     values: dict[str, Any] = {

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError
 
 SETTINGS_ATTR = "hpo_settings"
 FORMAT_ATTR = "hpo_format"

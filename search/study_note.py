@@ -12,8 +12,8 @@ from typing import Any
 
 import optuna
 
-from search.settings import StudySettings
-from spaces.bounds import describe, space_bounds
+from cifar_hpo.search.settings import StudySettings
+from cifar_hpo.spaces.bounds import describe, space_bounds
 
 _logger = logging.getLogger(__name__)
 

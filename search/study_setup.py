@@ -8,14 +8,14 @@ from typing import Any
 
 import optuna
 
-from search.data import Cifar10, Split, load_cifar10, split_train_val
-from search.errors import ConfigError
-from search.study_note import annotate_new_study
-from search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
-from spaces import build_space, get_space_module, load_overrides
-from spaces.bounds import outside_bounds
-from storage import make_storage, open_study, study_exists
-from storage.urls import DEFAULT_HEARTBEAT_S
+from cifar_hpo.search.models.data import Cifar10, Split, load_cifar10, split_train_val
+from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.study_note import annotate_new_study
+from cifar_hpo.search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
+from cifar_hpo.spaces import build_space, get_space_module, load_overrides
+from cifar_hpo.spaces.bounds import outside_bounds
+from cifar_hpo.storage import make_storage, open_study, study_exists
+from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S
 
 
 @dataclass
@@ -59,7 +59,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
     except (ValueError, TypeError) as err:
         raise ConfigError(f"space {settings.space!r}: {err}") from None
     if settings.space == "inception":
-        from search.inception_model import check_weights
+        from cifar_hpo.search.models.inception import check_weights
 
         check_weights(settings.weights)
     data = load_study_data(settings, None, f"study {name!r}")

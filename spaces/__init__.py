@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from spaces.bounds import with_overrides
+from cifar_hpo.spaces.bounds import with_overrides
 
 try:
     import tomllib
@@ -24,7 +24,7 @@ SPACE_NAMES = ("cnn", "inception")
 def get_space_module(name: str) -> ModuleType:
     if name not in SPACE_NAMES:
         raise ValueError(f"unknown space {name!r}; choose one of {list(SPACE_NAMES)}")
-    return importlib.import_module(f"spaces.{name}")
+    return importlib.import_module(f"cifar_hpo.spaces.{name}")
 
 
 def load_overrides(path: str | Path, space_name: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,23 @@ def with_overrides(space: Any, overrides: Mapping[str, Any], space_name: str) ->
 def suggest_params(space: Any, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     """Ask the trial for every parameter of the space, in declaration order."""
     return {name: bound.suggest(trial, name) for name, bound in space_bounds(space).items()}
+
+
+def optuna_distribution(bound: Bound) -> BaseDistribution:
+    """The distribution Optuna records when ``bound.suggest`` asks a trial (engines that record trials
+    themselves, and tests building trials by hand, use the same)."""
+    if isinstance(bound, IntRange):
+        return IntDistribution(bound.low, bound.high, log=bound.log, step=bound.step)
+    if isinstance(bound, FloatRange):
+        return FloatDistribution(bound.low, bound.high, log=bound.log, step=bound.step)
+    if isinstance(bound, Choice):
+        return CategoricalDistribution(bound.choices)
+    raise TypeError(f"unknown bound type {type(bound).__name__} ({bound!r})")
+
+
+def optuna_distributions(space: Any) -> dict[str, BaseDistribution]:
+    """Every parameter's Optuna distribution, by name, in declaration order."""
+    return {name: optuna_distribution(bound) for name, bound in space_bounds(space).items()}
 
 
 def outside_bounds(space: Any, params: Mapping[str, Any]) -> list[str]:

@@ -13,14 +13,12 @@ from typing import Any
 
 import optuna
 
-from spaces.bounds import Choice, FloatRange, IntRange, suggest_params
+from cifar_hpo.spaces.bounds import Choice, FloatRange, IntRange, suggest_params
+from cifar_hpo.spaces.errors import InfeasibleConfig
 
 NAME = "cnn"
 IMAGE_SIZE = 32
 
-
-class InfeasibleConfig(ValueError):
-    """A point of the space that cannot be built (e.g. the feature map shrinks to nothing)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ CIFAR images are resized up to ``input_size`` and fed to ``keras.applications.In
 (include_top=False)``. The top ``unfreeze_blocks`` Inception blocks (``mixed10`` downwards) are fine-tuned
 after ``warmup_epochs`` epochs that train only the head (pooling, optional dense layer, dropout, softmax);
 everything below the first trainable block stays frozen, so its output is computed once and cached
-(search.feature_cache). BatchNormalization layers always run in inference mode.
+(cifar_hpo.search.models.feature_cache). BatchNormalization layers always run in inference mode.
 
 Default bounds suit a CPU (inputs up to 139 px, at most 3 unfrozen blocks); a GPU study can widen them
 from TOML, e.g. ``input_size = {choices = [299]}`` or ``unfreeze_blocks = {high = 6}``.
@@ -17,7 +17,8 @@ from typing import Any
 
 import optuna
 
-from spaces.bounds import Choice, FloatRange, IntRange, suggest_params
+from cifar_hpo.spaces.bounds import Choice, FloatRange, IntRange, suggest_params
+from cifar_hpo.spaces.errors import InfeasibleConfig
 
 NAME = "inception"
 MIN_INPUT_SIZE = 75  # smallest input keras.applications.InceptionV3 accepts
@@ -25,9 +26,6 @@ MAX_INPUT_SIZE = 299  # the size InceptionV3 was trained at; larger only costs t
 TOP_BLOCK = 10  # the trunk's blocks are mixed0 .. mixed10
 POOLINGS = ("avg", "max")
 
-
-class InfeasibleConfig(ValueError):
-    """A point of the space that cannot be built (e.g. more unfrozen blocks than the trunk has)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ class InceptionSpace:
     label_smoothing: FloatRange = field(default_factory=lambda: FloatRange(0.0, 0.2))
     batch_size: Choice = field(default_factory=lambda: Choice((32, 64, 128)))
     # A grid, not a continuum: cached augmented views are keyed by strength, so a few values let
-    # trials share them (search.feature_cache).
+    # trials share them (cifar_hpo.search.models.feature_cache).
     augment_strength: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0, step=0.25))
 
     def __post_init__(self) -> None:
@@ -61,7 +59,7 @@ class InceptionSpace:
 
 @dataclass(frozen=True)
 class InceptionConfig:
-    """One transfer-learning recipe; what search.inception_model builds and trains."""
+    """One transfer-learning recipe; what cifar_hpo.search.models.inception builds and trains."""
 
     unfreeze_blocks: int
     input_size: int

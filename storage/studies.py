@@ -6,8 +6,8 @@ from typing import Any
 
 import optuna
 
-from search.errors import ConfigError
-from storage.urls import retry_on_disconnect
+from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.storage.urls import retry_on_disconnect
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:

@@ -26,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 

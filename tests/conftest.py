@@ -11,29 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hpo_testkit import ROOT, make_tiny_cifar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = ROOT.parent / "shared" / "assets"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def make_tiny_cifar(n_train: int = 500, n_test: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
-    """CIFAR-shaped uint8 arrays a tiny model can learn fast: each class has its own mean colour."""
-    rng = np.random.default_rng(seed)
-    colours = rng.integers(30, 225, size=(10, 3))
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.arange(n) % 10
-        rng.shuffle(y)
-        noise = rng.normal(0, 25, size=(n, 32, 32, 3))
-        x = np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-        return x, y.astype(np.uint8)
-
-    x_train, y_train = draw(n_train)
-    x_test, y_test = draw(n_test)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
 @pytest.fixture

@@ -1,0 +1,55 @@
+"""`hpo`: the command line. main(argv) so tests call it in-process; exit 0 ok, 1 failure, 2 configuration."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from cifar_hpo.search.errors import ConfigError
+
+# Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
+COMMANDS = ("search", "worker", "launch", "report", "dashboard", "cache")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpo",
+        description="Hyperparameter search for CIFAR-10 classifiers: a CNN from scratch or InceptionV3 transfer "
+        "learning, as Optuna studies in SQLite or PostgreSQL.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"cifar_hpo.search.cli.{name}").register(subparsers)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or EXIT_OK)
+    except ConfigError as err:
+        print(f"hpo {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print(f"hpo {args.command}: interrupted; a trial that was running is marked FAIL. "
+              "Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""`hpo report`, `hpo export`, `hpo retrain`: rank a study's configurations, test the best, hand one over.
+
+Light at import (the CLI imports every command module): Optuna, matplotlib and TensorFlow load inside
+the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cifar_hpo.search.cli.search import add_storage_flags
+from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.storage.urls import DEFAULT_URL, mask_url
+
+DEFAULT_TOP = 5
+DEFAULT_SEEDS = 2
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name} must be >= 1, but got {value}")
+
+
+def _load(url: str, name: str) -> tuple[Any, Any]:
+    """An existing study and its settings (never creates a storage file or a study)."""
+    from cifar_hpo.search.settings import StudySettings
+    from cifar_hpo.storage import make_storage, open_study
+
+    study = open_study(make_storage(url, create=False), name)
+    return study, StudySettings.from_study(study)
+
+
+# ------------------------------------------------------------------------------------------- report
+def run_report(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cifar_hpo.reports.build import study_ranking, write_report
+    from cifar_hpo.reports.ranking import rank_trials
+    from cifar_hpo.reports.render import ReportMeta
+    from cifar_hpo.search.models.data import CLASS_NAMES
+    from cifar_hpo.search.evaluate import (choose_candidates, evaluate_candidates, evaluation_seeds,
+                                 stored_evaluations)
+    from cifar_hpo.search.study_setup import load_study_data
+
+    _positive("--top", args.top)
+    _positive("--epochs", args.epochs)
+    names = list(dict.fromkeys(args.study))
+    opened = [_load(args.storage, name) for name in names]
+    plans = []
+    for study, settings in opened:  # every study and its data checked before any training
+        trials = study.get_trials(deepcopy=False)
+        seeds = evaluation_seeds(settings, args.seeds)
+        candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs)
+        stored = stored_evaluations(study, candidates, seeds, settings.data_fingerprint)
+        missing = args.evaluate and any(len(stored.get(c.key, [])) < len(seeds) for c in candidates)
+        data = load_study_data(settings, args.data, f"study {study.study_name!r}") if missing else None
+        plans.append((study, settings, candidates, seeds, stored, data))
+    rankings, images = [], {}
+    for study, settings, candidates, seeds, evaluations, data in plans:
+        if data is not None:
+            evaluations = evaluate_candidates(
+                study, settings, data, candidates, seeds,
+                on_run=lambda text, s=study.study_name: print(f"hpo report: {s}: {text}", file=sys.stderr))
+        rankings.append(study_ranking(study, dataclasses.asdict(settings), evaluations, CLASS_NAMES, images))
+    meta = ReportMeta(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES))
+    written = write_report(args.out, rankings, images, meta)
+    for r in rankings:
+        best = f"{r.rows[0].val_accuracy:.4f} (trial {r.rows[0].trial})" if r.rows else "none"
+        line = f"study {r.study}: {r.counts.complete} complete, {r.counts.pruned} pruned, {r.counts.failed} failed; best val accuracy {best}"
+        if r.test_rows:
+            t = r.test_rows[0]
+            line += f"; best test accuracy {t.mean:.4f} +- {t.std:.4f} over {t.seeds} seed(s) ({t.key})"
+        print(line)
+    print(f"report written to {written.folder} ({len(written.files)} files: report.md, report.html, ranking.csv, "
+          f"ranking.json, {sum(f.endswith('.png') for f in written.files)} PNG)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- export
+def run_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from optuna.trial import TrialState
+
+    from cifar_hpo.reports.export import build_export, write_export
+    from cifar_hpo.reports.ranking import rank_trials
+
+    study, settings = _load(args.storage, args.study)
+    trials = study.get_trials(deepcopy=False)
+    if args.trial is not None:
+        matches = [t for t in trials if t.number == args.trial]
+        if not matches:
+            raise ConfigError(f"study {args.study!r} has no trial {args.trial} (trials 0..{len(trials) - 1})")
+        trial = matches[0]
+        if trial.state != TrialState.COMPLETE:
+            print(f"hpo export: note: trial {trial.number} is {trial.state.name.lower()}, not complete", file=sys.stderr)
+    else:
+        rows = rank_trials(trials)
+        if not rows:
+            raise ConfigError(f"study {args.study!r} has no completed trial to export")
+        trial = next(t for t in trials if t.number == rows[0].trial)
+    document = build_export(args.study, trial, dataclasses.asdict(settings))
+    path = write_export(args.output, document)
+    value = f"val accuracy {trial.value:.4f}, " if trial.value is not None else ""
+    print(f"exported trial {trial.number} of study {args.study} ({settings.space}, {value}{document['epochs']} epochs) "
+          f"to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ retrain
+def subset_arg(text: str) -> int | str:
+    """`--subset N|all`: a positive image count, or all of the training split."""
+    from cifar_hpo.search.settings import ALL_IMAGES  # only when --subset is given: keeps the CLI's start-up light
+
+    if text == ALL_IMAGES:
+        return ALL_IMAGES
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', but got {value}")
+    return value
+
+
+def metrics_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name[: -len(".keras")] + ".metrics.json")
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from cifar_hpo.reports.evaluation import format_report_text
+    from cifar_hpo.reports.export import read_export
+    from cifar_hpo.search.models.data import CLASS_NAMES
+    from cifar_hpo.search.evaluate import retrain_exported, settings_for_export
+    from cifar_hpo.search.study_setup import load_study_data
+
+    _positive("--epochs", args.epochs)
+    out = Path(args.out).expanduser()
+    if out.suffix != ".keras":
+        raise ConfigError(f"--out must end in .keras (Keras' native format), but got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    exported = read_export(args.config)
+    settings = settings_for_export(exported, args.data, args.epochs, args.weights, subset=args.subset)
+    if settings.space == "inception":
+        from cifar_hpo.search.models.inception import check_weights
+
+        check_weights(settings.weights)
+    data = load_study_data(settings, args.data, f"config {args.config!r}")
+    seed = exported.seed if args.seed is None else args.seed
+    print(f"hpo retrain: {exported.space} config (study {exported.study}, trial {exported.trial}): "
+          f"{settings.epochs} epoch(s), seed {seed}, training images: {settings.subset or 'all'}", file=sys.stderr)
+    model, result, run = retrain_exported(exported, settings, data, seed)
+    model.save(out)
+    metrics = {
+        "config": str(Path(args.config).expanduser().resolve()), "model": str(out.resolve()),
+        "space": exported.space, "study": exported.study, "trial": exported.trial, "params": exported.params,
+        "epochs": settings.epochs, "seed": seed, "data": settings.data, "data_fingerprint": data.fingerprint(),
+        "training_subset": settings.subset, "searched_subset": exported.data.get("subset"),  # None: all images
+        "test_accuracy": run.accuracy, "classification_report": run.report, "confusion_matrix": run.confusion,
+        "class_names": list(CLASS_NAMES), "n_params": result.params, "fit_seconds": round(result.fit_seconds, 3),
+        "history": result.history, "best_val_accuracy": result.best_val_accuracy,
+    }
+    metrics_file = metrics_path(out)
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(format_report_text(run.report, CLASS_NAMES))
+    print(f"\ntest accuracy {run.accuracy:.4f}; model {out}; metrics {metrics_file}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- register
+def register(subparsers: Any) -> None:
+    report = subparsers.add_parser(
+        "report", help="rank a study's configurations; optionally retrain the best and evaluate them on the test set",
+        description="Write report.md, a self-contained report.html, ranking.csv/json, best_config.json and PNG plots. "
+        "--evaluate retrains the top configurations and the baseline with several seeds and evaluates them on the "
+        "test set; results are stored in the study and reused by the next report.")
+    report.add_argument("--study", action="append", required=True, metavar="NAME",
+                        help="study name; repeat to compare studies side by side")
+    report.add_argument("--storage", default=DEFAULT_URL, metavar="URL",
+                        help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_URL})")
+    report.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
+                        help=f"configurations shown and evaluated (default {DEFAULT_TOP})")
+    report.add_argument("--out", default="report", metavar="DIR", help="output folder (default ./report)")
+    report.add_argument("--evaluate", action="store_true",
+                        help="retrain the top K and the baseline on the training split, evaluate on the test set")
+    report.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
+                        help=f"seeds per configuration for --evaluate (default {DEFAULT_SEEDS})")
+    report.add_argument("--epochs", type=int, metavar="E",
+                        help="epochs for --evaluate (default: each trial's best epoch)")
+    report.add_argument("--data", metavar="PATH", help="where the study's data is on this machine (checked by fingerprint)")
+    report.set_defaults(run=run_report)
+
+    export = subparsers.add_parser(
+        "export", help="write one trial's configuration as a versioned JSON file",
+        description="A self-contained config: space, parameters, data settings and fingerprint, epochs, seed, versions.")
+    add_storage_flags(export)
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, metavar="N", help="trial number")
+    which.add_argument("--best", action="store_true", help="the best trial by validation accuracy (default)")
+    export.add_argument("-o", "--output", required=True, metavar="FILE.json", help="file to write")
+    export.set_defaults(run=run_export)
+
+    retrain = subparsers.add_parser(
+        "retrain", help="train an exported configuration, evaluate it on the test set, save the model",
+        description="Trains on the training split the study used, prints the classification report on the test set, "
+        "writes MODEL.keras and MODEL.metrics.json beside it.")
+    retrain.add_argument("--config", required=True, metavar="FILE.json", help="a file written by hpo export")
+    retrain.add_argument("--data", metavar="PATH", help="where the data is on this machine (checked by fingerprint)")
+    retrain.add_argument("--epochs", type=int, metavar="E", help="epochs (default: the config's)")
+    retrain.add_argument("--seed", type=int, metavar="S", help="training seed (default: the config's)")
+    retrain.add_argument("--subset", type=subset_arg, metavar="N|all",
+                         help="train on N images of the training split, or all of it, instead of the subset the "
+                              "study searched on (the validation images stay the same)")
+    retrain.add_argument("--weights", metavar="imagenet|PATH", help="inception space: where the ImageNet weights are")
+    retrain.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
+    retrain.set_defaults(run=run_retrain)

@@ -1,0 +1,180 @@
+"""`hpo search`: create or resume a study and run its trials from this command (one worker)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
+from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
+
+DEFAULT_N_TRIALS = 20
+DEFAULT_RECYCLE_AFTER = 5
+
+
+def add_storage_flags(parser: argparse.ArgumentParser, *, study_required: bool = True) -> None:
+    parser.add_argument("--study", required=study_required, metavar="NAME", help="study name")
+    parser.add_argument("--storage", default=DEFAULT_URL, metavar="URL",
+                        help=f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default {DEFAULT_URL}, "
+                        "relative to the working directory)")
+
+
+def add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-trials", type=int, metavar="N",
+                        help=f"study-wide total of finished (complete or pruned) trials to reach (default: the "
+                        f"study's, else {DEFAULT_N_TRIALS}); shared by all workers")
+    parser.add_argument("--timeout", type=float, metavar="SEC", help="stop starting trials after SEC seconds")
+    parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SEC",
+                        help=f"trial heartbeat interval; a trial silent for 1.5 intervals is failed and retried "
+                        f"(default {DEFAULT_HEARTBEAT_S})")
+    parser.add_argument("--recycle-after", type=int, default=DEFAULT_RECYCLE_AFTER, metavar="N",
+                        help="run trials in a child process replaced every N trials, so TensorFlow memory "
+                        f"cannot grow from trial to trial (default {DEFAULT_RECYCLE_AFTER}; 0: in this process)")
+
+
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that define a new study; stored in it, and checked against it on resume."""
+    parser.add_argument("--space", choices=("cnn", "inception"), help="search space (default cnn)")
+    parser.add_argument("--engine", choices=ENGINES, help="optuna (default) or kerastuner")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="tpe (default) or random")
+    parser.add_argument("--pruner", choices=PRUNERS, help="hyperband over epochs (default), median, or none")
+    parser.add_argument("--epochs", type=int, metavar="MAX_EPOCHS", help="maximum epochs per trial (default 20)")
+    parser.add_argument("--subset", type=int, metavar="N",
+                        help="train on a stratified subset of N images of the training split (quick studies)")
+    parser.add_argument("--val-size", type=int, metavar="N",
+                        help="validation images split off the training set, stratified (default 5000)")
+    parser.add_argument("--data", metavar="PATH",
+                        help="CIFAR-10 as .npz (x_train,y_train,x_test,y_test), cifar-10-batches-py folder or "
+                        "cifar-10-python.tar.gz (default: download through keras.datasets)")
+    parser.add_argument("--space-config", metavar="FILE", help="TOML file overriding the space's bounds")
+    parser.add_argument("--seed", type=int, help="seed of the sampler, split and trials (default 0)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="do not enqueue the hand-tuned seed baseline as the first trial")
+    parser.add_argument("--weights", metavar="imagenet|PATH",
+                        help="inception space: ImageNet weights through Keras (default) or a .weights.h5 file")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The study-defining flags actually passed (None = left out)."""
+    return {
+        "space": args.space, "engine": args.engine, "sampler": args.sampler, "pruner": args.pruner,
+        "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
+        "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
+        "n_trials": args.n_trials, "timeout": args.timeout,
+    }
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM stops like Ctrl-C: the running trial is marked FAIL and the storage stays consistent."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:
+    if args.n_trials is not None:
+        return args.n_trials
+    if stored_n_trials is not None:
+        return stored_n_trials
+    return None if args.timeout is not None else DEFAULT_N_TRIALS
+
+
+def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, description: str, *,
+               worker_index: int = 0, threads: int | None = None, quiet: bool = False) -> int:
+    """Run trials for this command with a progress bar; returns the exit code.
+
+    On a database storage trials run in recycled child processes (search/worker_process.py); an in-memory
+    study cannot be shared with a child, so it runs here.
+    """
+    from cifar_hpo.search.cli.progress import StudyProgress
+    from cifar_hpo.search.runtime.worker import count_trials
+
+    study = opened.study
+    progress = StudyProgress(n_trials, description, disable=quiet)
+    try:
+        if is_memory(args.storage) or args.recycle_after == 0:
+            code = _run_here(opened, n_trials, args.timeout, progress)
+        else:
+            from cifar_hpo.search.runtime.processes import ChildJob, run_in_child_processes
+
+            opened.release_data()  # the trial processes load their own
+            job = ChildJob(url=args.storage, study=study.study_name, heartbeat=args.heartbeat,
+                           worker_index=worker_index, n_trials=n_trials,
+                           deadline=None if args.timeout is None else time.time() + args.timeout,
+                           recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
+                           threads=threads)
+            code = run_in_child_processes(job, on_poll=lambda: progress.show(count_trials(study)))
+    finally:
+        progress.close()
+    if not quiet:
+        print(summary_line(study))
+    return code
+
+
+def _run_here(opened: Any, n_trials: int | None, timeout: float | None, progress: Any) -> int:
+    from cifar_hpo.search.runtime.objective import Objective
+    from cifar_hpo.search.runtime.worker import count_trials, run_worker
+
+    progress.show(count_trials(opened.study))
+    try:
+        run_worker(opened.study, Objective(opened.settings, opened.split), n_trials=n_trials, timeout=timeout,
+                   on_trial_end=lambda s, t: progress.show(count_trials(s)))
+    except RuntimeError as err:
+        print(f"hpo: worker stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def summary_line(study: Any) -> str:
+    from cifar_hpo.search.runtime.worker import count_trials
+
+    counts = count_trials(study)
+    best = f"{counts.best:.4f}" if counts.best is not None else "none"
+    return (f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
+            f"{counts.failed} failed; best validation accuracy {best}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifar_hpo.search.study_setup import open_hpo_study
+
+    sigterm_as_interrupt()
+    given = given_settings(args)
+    if args.tuner is not None and args.engine != "kerastuner":
+        raise ConfigError("--tuner applies to --engine kerastuner only")
+    if (args.engine or "optuna") == "kerastuner":
+        from cifar_hpo.search.engines.kerastuner.engine import run_kerastuner  # lazy: keras-tuner is only needed here
+
+        return run_kerastuner(args, given)
+    opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
+                            space_config=args.space_config)
+    if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
+        from cifar_hpo.search.engines.kerastuner.engine import run_opened
+
+        return run_opened(args, opened)
+    for note in opened.notes:
+        print(f"hpo search: {note}", file=sys.stderr)
+    verb = "created" if opened.created else "resumed"
+    print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
+    return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "search", help="create or resume a study and run its trials (one worker)",
+        description="Create a study (or resume it: the same command again) and run its trials from here. "
+        "Settings are stored in the study; a resumed study refuses different settings.",
+    )
+    add_storage_flags(parser)
+    add_budget_flags(parser)
+    add_study_flags(parser)
+    parser.add_argument("--tuner", choices=("hyperband", "bayesian", "random"),
+                        help="with --engine kerastuner: which KerasTuner tuner (default hyperband)")
+    parser.set_defaults(run=run)
+
+

@@ -1,0 +1,1 @@
+"""Search engines other than Optuna's own loop."""

@@ -1,0 +1,1 @@
+"""`--engine kerastuner`: the same spaces searched by KerasTuner, every trial recorded in the Optuna study."""

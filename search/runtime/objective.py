@@ -1,0 +1,94 @@
+"""The objective a worker runs: suggest a Config, train it, record what a person needs, return val accuracy."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import socket
+import time
+from typing import Any, Callable
+
+import optuna
+
+from cifar_hpo.search.models.data import Split
+from cifar_hpo.search.settings import StudySettings
+from cifar_hpo.spaces import build_space, get_space_module
+
+# Space name -> trainer "module:function"; a trainer takes (config, split, epochs=, trial=, seed=, settings=)
+# and returns (model, TrainResult).
+TRAINERS = {"cnn": "cifar_hpo.search.models.cnn:train_cnn", "inception": "cifar_hpo.search.models.inception:train_inception"}
+
+
+def get_trainer(space: str) -> Callable[..., Any]:
+    module, function = TRAINERS[space].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def clear_tensorflow_state() -> None:
+    """Drop the previous trial's graph, layers and optimizer state, and hand freed heap pages back (glibc
+    keeps them mapped otherwise). This slows memory growth but does not stop it (measured in
+    benchmarks/worker_memory.py): recycled trial processes (search/worker_process.py) are what bound it.
+    """
+    import keras
+
+    keras.backend.clear_session(free_memory=True)  # also runs gc.collect()
+    _release_freed_heap()
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _release_freed_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the data split so it is loaded once per worker."""
+
+    def __init__(self, settings: StudySettings, split: Split) -> None:
+        self.settings = settings
+        self.split = split
+        self.space = build_space(settings.space, settings.space_overrides)
+        self.module = get_space_module(settings.space)
+        self.trainer = get_trainer(settings.space)
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        import keras
+
+        start = time.perf_counter()
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
+        try:
+            config = self.module.suggest(trial, self.space)
+        except self.module.InfeasibleConfig as err:
+            # Pruned rather than failed: the sampler learns from pruned trials, it ignores failed ones.
+            trial.set_user_attr("infeasible", str(err))
+            raise optuna.TrialPruned(f"infeasible configuration: {err}") from None
+        seed = self.settings.seed + trial.number
+        keras.utils.set_random_seed(seed)
+        try:
+            _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
+                                     settings=self.settings)
+        finally:
+            clear_tensorflow_state()
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+        rss = resident_mib()
+        if rss is not None:
+            trial.set_user_attr("worker_rss_mib", rss)  # after clean-up: shows memory creeping across trials
+        if result.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {result.pruned_at}")
+        return result.best_val_accuracy

@@ -1,0 +1,150 @@
+"""Trials run in a child process that is replaced every few trials (trial isolation).
+
+TensorFlow keeps allocator pools and traced functions after ``clear_session``; a long-lived worker's
+resident memory ratchets up to its largest model and creeps from trial to trial. So the command's process
+(which never imports TensorFlow) only watches: a spawned child opens the study, runs up to
+``recycle_after`` trials, and exits; a fresh child takes over until the study's budget is reached. The child
+dies with its parent (Linux PR_SET_PDEATHSIG), so `kill -9` of a worker stops its training too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+_logger = logging.getLogger(__name__)
+
+EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+# "Hand over to a fresh process": 100 + how many of the worker's last trials failed in a row, so the
+# consecutive-failure limit holds across processes (a setup that fails every trial must stop the worker).
+EXIT_RECYCLE = 100
+MAX_CRASHES = 3
+
+
+@dataclass(frozen=True)
+class ChildJob:
+    url: str
+    study: str
+    heartbeat: int
+    worker_index: int
+    n_trials: int | None
+    deadline: float | None  # time.time() after which no trial starts
+    recycle_after: int | None
+    data_override: str | None
+    threads: int | None
+    generation: int = 0  # how many trial processes this worker started before; seeds the sampler
+    failures_in_a_row: int = 0  # carried over from the previous trial process
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the child finishes its trial, then stops
+        pass
+
+
+def child_main(job: ChildJob) -> None:
+    """Entry point of a trial process; its exit code tells the parent what to do next."""
+    _die_with_parent()
+    from cifar_hpo.search.cli.search import sigterm_as_interrupt
+
+    sigterm_as_interrupt()
+    try:
+        sys.exit(_run_child(job))
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _run_child(job: ChildJob) -> int:
+    from cifar_hpo.search.cli import _quiet_libraries
+    from cifar_hpo.search.cli.worker import limit_cpu_threads
+    from cifar_hpo.search.errors import ConfigError
+    from cifar_hpo.search.runtime.objective import Objective
+    from cifar_hpo.search.study_setup import open_hpo_study
+    from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, run_worker
+
+    _quiet_libraries()
+    try:
+        limit_cpu_threads(job.threads)
+        opened = open_hpo_study(job.url, job.study, None, worker_index=job.worker_index, generation=job.generation,
+                                heartbeat_interval=job.heartbeat, data_override=job.data_override)
+        objective = Objective(opened.settings, opened.split)
+    except ConfigError as err:
+        print(f"hpo: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
+    try:
+        outcome = run_worker(opened.study, objective, n_trials=job.n_trials, timeout=timeout,
+                             max_trials=job.recycle_after, failures_in_a_row=job.failures_in_a_row)
+    except RuntimeError as err:
+        print(f"hpo: worker stopped: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if outcome.reason == "recycle":
+        assert outcome.failures_in_a_row < MAX_CONSECUTIVE_FAILURES  # run_worker raised otherwise
+        return EXIT_RECYCLE + outcome.failures_in_a_row
+    return EXIT_DONE
+
+
+def recycled_failures(code: int | None) -> int | None:
+    """For a child's exit code: the failures in a row it hands over if it asks to be recycled, else None."""
+    from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES
+
+    if code is not None and EXIT_RECYCLE <= code < EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES:
+        return code - EXIT_RECYCLE
+    return None
+
+
+def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
+    """Progress polling must never stop the trials: a storage hiccup only skips one refresh."""
+
+    def poll() -> None:
+        try:
+            on_poll()
+        except Exception as err:  # the child has its own retries; the bar can wait a second
+            _logger.debug("progress refresh failed: %s", err)
+
+    return poll
+
+
+def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seconds: float = 1.0) -> int:
+    """Run children one after another until one reports the budget reached; returns an exit code."""
+    on_poll = _safe(on_poll)
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow state
+    crashes = 0
+    for generation in itertools.count():
+        job = dataclasses.replace(job, generation=generation)
+        child = context.Process(target=child_main, args=(job,), name=f"hpo-trials-{job.worker_index}")
+        child.start()
+        try:
+            while child.is_alive():
+                on_poll()
+                child.join(poll_seconds)
+        except KeyboardInterrupt:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
+            child.join(60)
+            raise
+        on_poll()
+        code = child.exitcode
+        carried = recycled_failures(code)
+        if carried is not None:
+            job = dataclasses.replace(job, failures_in_a_row=carried)
+            continue
+        if code in (EXIT_DONE, EXIT_FAILED):
+            return code
+        if code == EXIT_INTERRUPTED or code == -signal.SIGTERM:
+            raise KeyboardInterrupt
+        crashes += 1  # killed by a signal or the OOM killer: its trial is failed and retried via heartbeats
+        print(f"hpo: trial process died (exit {code}); starting a new one", file=sys.stderr)
+        if crashes >= MAX_CRASHES:
+            print(f"hpo: {crashes} trial processes died; stopping this worker", file=sys.stderr)
+            return EXIT_FAILED
+    raise AssertionError("unreachable")

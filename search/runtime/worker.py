@@ -1,0 +1,204 @@
+"""The worker loop: run trials of one study until the study-wide budget of finished trials is reached.
+
+Finished means COMPLETE or PRUNED. A trial of a killed worker stays RUNNING until its heartbeat goes
+stale; it is then failed and re-queued (storage/urls.py), so workers wait for running trials instead of
+stopping early, and pick the retry up when it appears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cifar_hpo.storage.studies import best_value, count_trials_by_state, rdb_storage
+
+_logger = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+MAX_STORAGE_ERRORS = 10
+MAX_CONSECUTIVE_FAILURES = 5
+REAPER_CHECKS_PER_INTERVAL = 4
+ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """Why run_worker returned: "done" (budget reached or time up) or "recycle" (ran ``max_trials``), and
+    how many of this worker's last trials failed in a row (carried over to the next trial process)."""
+
+    reason: str
+    failures_in_a_row: int
+
+
+class BudgetReached(Exception):
+    """Raised in a trial that another worker's trials already made surplus (a race between two asks)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def count_trials(study: optuna.Study, with_best: bool = True) -> Counts:
+    by_state = count_trials_by_state(study)
+    return Counts(by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED], by_state[TrialState.FAIL],
+                  by_state[TrialState.RUNNING], by_state[TrialState.WAITING],
+                  best_value(study) if with_best and by_state[TrialState.COMPLETE] else None)
+
+
+def _active_before(trial: optuna.trial.Trial) -> int:
+    """Trials numbered before ``trial`` that are finished or running (they hold a place in the budget)."""
+    counts = count_trials_by_state(trial.study, before=trial.number)
+    return sum(counts[state] for state in ACTIVE)
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    storage = rdb_storage(study)  # heartbeats need an RDB storage
+    return storage.get_heartbeat_interval() if storage is not None else None
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    if _heartbeat_interval(study):
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def stale_trial_reaper(study: optuna.Study):
+    """Look for trials of dead workers every quarter heartbeat interval, even while this worker trains.
+
+    Optuna only looks when a worker starts a trial; with long trials a dead worker's trial would wait
+    that long to be failed and re-queued. Checking four times an interval keeps the time from a kill to
+    FAIL within 1.75 intervals (storage.urls.STALE_AFTER_INTERVALS + 1/4); the check is one indexed query
+    on the study's running trials. Failing is race-safe: Optuna lets one process win.
+    """
+    interval = _heartbeat_interval(study)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval / REAPER_CHECKS_PER_INTERVAL):
+            try:
+                _fail_stale(study)
+            except Exception as err:  # a storage hiccup must not kill the worker; the next round retries
+                _logger.warning("could not check for stale trials: %s", err)
+
+    thread = threading.Thread(target=loop, name="stale-trial-reaper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
+               n_trials: int | None, timeout: float | None = None,
+               on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+               poll_seconds: float = 2.0, max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+               max_trials: int | None = None, failures_in_a_row: int = 0) -> WorkerExit:
+    """Run trials until ``n_trials`` finished trials exist study-wide (or ``timeout``), or until this process
+    ran ``max_trials`` and should hand over to a fresh one (search/worker_process.py).
+
+    A failing trial fails only that trial; ``max_consecutive_failures`` in a row (counting the
+    ``failures_in_a_row`` a previous process of this worker ended with) means something is wrong with the
+    setup, not the trial, and stops the worker with RuntimeError.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ran, storage_errors, failures = 0, 0, failures_in_a_row
+    surplus: list[int] = []
+    near_budget = True
+    stop_reason: str | None = None
+
+    def guarded(trial: optuna.trial.Trial) -> float:
+        # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
+        # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
+        if n_trials is not None and near_budget and _active_before(trial) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            surplus.append(trial.number)
+            raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
+        return objective(trial)
+
+    def go_on() -> bool:
+        """Check the budget before a trial (may wait for trials running elsewhere); False: stop."""
+        nonlocal near_budget
+        slack, running = _budget_slack(study, n_trials, poll_seconds, deadline)
+        # Only about as many workers as are running can ask at the same moment: with more slack than
+        # that, no ask can overshoot, and the per-trial surplus query is skipped.
+        near_budget = slack is not None and slack <= 2 * running + 2
+        return slack is None or slack > 0
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Runs inside the one optimize() call after each trial: one call for all trials keeps Optuna from
+        # tearing down and rebuilding its database session between trials (~5 ms a trial on PostgreSQL).
+        nonlocal ran, storage_errors, failures, stop_reason
+        ran, storage_errors = ran + 1, 0
+        if surplus:
+            stop_reason = "done"
+        else:
+            failures = failures + 1 if trial.state == TrialState.FAIL else 0
+            if failures >= max_consecutive_failures:
+                raise RuntimeError(f"{failures} trials failed in a row; see the errors above")
+            if max_trials is not None and ran >= max_trials:
+                stop_reason = "recycle"
+            elif not go_on():
+                stop_reason = "done"
+        if stop_reason is not None:
+            study.stop()
+
+    callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
+    with stale_trial_reaper(study):
+        while (deadline is None or time.monotonic() < deadline) and go_on():
+            try:
+                study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                               catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+            except STORAGE_ERRORS as err:
+                # The database went away between calls that are not retried (ask/tell): wait and go on.
+                storage_errors += 1
+                if storage_errors > MAX_STORAGE_ERRORS:
+                    raise RuntimeError(f"storage keeps failing: {err}") from err
+                _logger.warning("storage error (%s); retrying in %.0f s", type(err).__name__, poll_seconds)
+                time.sleep(poll_seconds)
+                continue
+            break  # stopped by after_trial, or the timeout passed
+    return WorkerExit(stop_reason or "done", failures)
+
+
+def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,
+                  deadline: float | None) -> tuple[int | None, int]:
+    """(trials that may still start, trials running now); slack <= 0: stop, None: no budget.
+
+    Waits while the last trials run elsewhere, since one of them may come back as a retry if its worker died.
+    """
+    while n_trials is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0, 0
+        counts = count_trials(study, with_best=False)
+        if counts.finished >= n_trials:
+            return 0, counts.running
+        slack = n_trials - counts.finished - counts.running
+        if slack > 0:
+            return slack, counts.running
+        _fail_stale(study)
+        time.sleep(poll_seconds)
+    return None, 0
+
+

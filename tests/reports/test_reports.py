@@ -1,0 +1,187 @@
+"""Ranking, renderers and `hpo report` files on studies built with create_trial (nothing is trained)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar_hpo.reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, format_report_text, stored_runs, summarize
+from cifar_hpo.reports.ranking import build_ranking, count_trials, rank_by_test, rank_trials, separation, top_rows
+from cifar_hpo.reports.render import ReportMeta, class_table, ranking_csv, report_blocks, to_html, to_markdown
+from cifar_hpo.search.cli import main
+from cifar_hpo.search.models.data import CLASS_NAMES
+from cifar_hpo.search.settings import StudySettings
+from hpo_testkit import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
+
+SETTINGS = StudySettings(space="cnn", data="/nowhere/cifar.npz", data_fingerprint="abc123", val_size=100, epochs=3)
+
+
+def memory_study(n_complete: int = 5) -> optuna.Study:
+    return make_study(optuna.storages.InMemoryStorage(), "s", SETTINGS, n_complete=n_complete)
+
+
+def test_rank_trials_orders_by_validation_and_counts_gain_over_baseline() -> None:
+    trials = memory_study().get_trials()
+    rows = rank_trials(trials)
+    values = [r.val_accuracy for r in rows]
+    assert values == sorted(values, reverse=True)
+    assert [r.rank for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) == 6  # baseline + 5 completed; pruned and failed are not ranked
+    baseline = [r for r in rows if r.baseline]
+    assert len(baseline) == 1 and baseline[0].val_accuracy == pytest.approx(0.45)
+    for row in rows:
+        assert row.gain_vs_baseline == pytest.approx(row.val_accuracy - 0.45)
+    assert rows[0].best_epoch == 3 and rows[0].params["depth"] == 2 and rows[0].n_params == 1003
+    counts = count_trials(trials)
+    assert (counts.complete, counts.pruned, counts.failed) == (6, 1, 1)
+
+
+def test_top_rows_keep_the_baseline_even_when_it_ranks_low() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(make_trial(dict(SMALL_CNN), [0.1], baseline=True))
+    for value in (0.5, 0.6, 0.7):
+        study.add_trial(make_trial(dict(SMALL_CNN, dense_units=int(1000 * value)), [value]))
+    rows = rank_trials(study.get_trials())
+    shown = top_rows(rows, 2)
+    assert [r.val_accuracy for r in shown] == [0.7, 0.6, 0.1]
+    assert shown[-1].baseline
+
+
+def test_pruned_baseline_is_reported_without_rank() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(make_trial(dict(SMALL_CNN), [0.2, 0.25], state=TrialState.PRUNED, baseline=True))
+    study.add_trial(make_trial(dict(SMALL_CNN, dense_units=90), [0.5]))
+    ranking = build_ranking("s", "cnn", {}, study.get_trials())
+    assert ranking.baseline is not None and ranking.baseline.rank is None
+    assert ranking.baseline.val_accuracy == pytest.approx(0.25)
+    assert ranking.rows[0].gain_vs_baseline is None  # no completed baseline to compare with
+    text = to_markdown(report_blocks([ranking], ReportMeta(class_names=list(CLASS_NAMES))))
+    assert "(pruned) | trial 0 (baseline)" in text
+
+
+def test_evaluation_summary_and_report_layout() -> None:
+    study = memory_study()
+    runs = [store_fake_evaluation(study, "t1", 1, 3, seed, accuracy) for seed, accuracy in ((0, 0.6), (1, 0.8))]
+    summary = summarize(runs)
+    assert summary.mean == pytest.approx((runs[0].accuracy + runs[1].accuracy) / 2)
+    assert summary.std > 0 and summary.seeds == 2
+    assert set(CLASS_NAMES) <= set(summary.report)
+    assert sum(map(sum, summary.confusion)) == 2000  # summed over both seeds
+    text = format_report_text(summary.report, CLASS_NAMES)
+    assert all(name in text for name in CLASS_NAMES) and "macro avg" in text and "weighted avg" in text
+    table = class_table(summary.report, CLASS_NAMES)
+    assert [row[0] for row in table.rows] == [*CLASS_NAMES, "accuracy", "macro avg", "weighted avg"]
+
+
+def test_evaluate_predictions_matches_scikit_learn_text_report() -> None:
+    from sklearn.metrics import classification_report
+
+    y_true = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    y_pred = [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 2]
+    accuracy, report, confusion = evaluate_predictions(y_true, y_pred, CLASS_NAMES)
+    assert accuracy == pytest.approx(10 / 12)
+    assert report["truck"]["recall"] == 0.0 and confusion[9][0] == 1
+    expected = classification_report(y_true, y_pred, target_names=list(CLASS_NAMES), digits=4, zero_division=0)
+    ours = format_report_text(report, CLASS_NAMES)
+    assert [line.split() for line in ours.splitlines() if line.strip()] == \
+           [line.split() for line in expected.splitlines() if line.strip()]
+
+
+def test_stored_runs_ignore_other_data_and_missing_seeds() -> None:
+    study = memory_study()
+    store_fake_evaluation(study, "t2", 2, 3, 0, 0.5, fingerprint="abc123")
+    store_fake_evaluation(study, "t2", 2, 3, 1, 0.5, fingerprint="other")
+    found = stored_runs(study.user_attrs, "t2", 3, [0, 1, 2], "abc123")
+    assert list(found) == [0]
+    assert eval_attr_key("t2", 3, 0) in study.user_attrs
+    assert EvalRun.from_dict(study.user_attrs[eval_attr_key("t2", 3, 0)]).accuracy == found[0].accuracy
+
+
+def test_test_ranking_and_separation() -> None:
+    study = memory_study()
+    rows = rank_trials(study.get_trials())
+    summaries = {
+        "t0": summarize([store_fake_evaluation(study, "t0", 0, 3, s, 0.3, baseline=True) for s in (0, 1, 2)]),
+        "t3": summarize([store_fake_evaluation(study, "t3", 3, 3, s, 0.9) for s in (0, 1, 2)]),
+        "t4": summarize([store_fake_evaluation(study, "t4", 4, 3, s, 0.88) for s in (0, 1, 2)]),
+    }
+    test_rows = rank_by_test(summaries, rows)
+    assert [t.key for t in test_rows] == ["t3", "t4", "t0"]
+    assert test_rows[-1].gain_vs_baseline == 0.0 and test_rows[0].gain_vs_baseline > 0.4
+    sep = separation(test_rows)
+    assert sep is not None and sep.gap == pytest.approx(test_rows[0].mean - test_rows[1].mean)
+    assert sep.distinct == (sep.gap > test_rows[0].std + test_rows[1].std)
+    assert "differ" in sep.sentence()
+
+
+def test_csv_has_every_trial_and_parameter() -> None:
+    ranking = build_ranking("s", "cnn", {}, memory_study().get_trials())
+    rows = list(csv.DictReader(io.StringIO(ranking_csv([ranking]))))
+    assert len(rows) == 8  # 6 complete + 1 pruned + 1 failed
+    assert [r["state"] for r in rows[:6]] == ["COMPLETE"] * 6 and rows[0]["rank"] == "1"
+    assert {r["state"] for r in rows[6:]} == {"PRUNED", "FAIL"} and rows[6]["rank"] == ""
+    assert all(name in rows[0] for name in SMALL_CNN)
+    assert sum(r["baseline"] == "True" for r in rows) == 1
+
+
+def test_html_is_self_contained() -> None:
+    ranking = build_ranking("s", "cnn", {}, memory_study().get_trials())
+    ranking.plots["A plot"] = "a.png"
+    page = to_html(report_blocks([ranking], ReportMeta(class_names=list(CLASS_NAMES))), {"a.png": b"\x89PNG fake"})
+    assert 'src="data:image/png;base64,' in page and "a.png" not in page.split("<body>")[1].split("src=")[1][:20]
+    assert "<table>" in page and "trial 0 (baseline)" in page
+
+
+def test_hpo_report_writes_every_file_and_reuses_stored_evaluations(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    study = make_study(url, "alpha", SETTINGS, n_complete=12)
+    rows = rank_trials(study.get_trials())
+    # Evaluations as `--evaluate --top 2 --seeds 2` stores them; this report must use them without training.
+    for row in rows[:2]:
+        for seed in (0, 1):
+            store_fake_evaluation(study, f"t{row.trial}", row.trial, row.best_epoch, seed, 0.7 - 0.1 * seed,
+                                  fingerprint="abc123")
+    for seed in (0, 1):
+        store_fake_evaluation(study, "t0", 0, 3, seed, 0.4, baseline=True, fingerprint="abc123")
+    make_study(url, "beta", SETTINGS, n_complete=3, seed=1)
+    out = tmp_path / "rep"
+    rc = main(["report", "--study", "alpha", "--study", "beta", "--storage", url, "--out", str(out), "--top", "2",
+               "--seeds", "2"])
+    assert rc == 0
+    for name in ("report.md", "report.html", "ranking.csv", "ranking.json", "best_config.json",
+                 "alpha_optimization_history.png", "alpha_learning_curves.png", "alpha_param_importances.png",
+                 "alpha_parallel_coordinates.png", "beta_learning_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    confusions = sorted(p.name for p in out.glob("alpha_confusion_*.png"))
+    assert len(confusions) == 3  # top 2 + baseline
+    md = (out / "report.md").read_text()
+    assert all(f"| {name} |" in md for name in CLASS_NAMES)
+    assert "trial 0 (baseline)" in md and "Comparison of studies" in md and "F1 truck" in md
+    assert "Test-set evaluation (ranked by test mean)" in md and "than their spread" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list(out.glob("*.png")))
+    data = json.loads((out / "ranking.json").read_text())
+    alpha = data["studies"][0]
+    assert alpha["counts"] == {"complete": 13, "pruned": 1, "infeasible": 0, "failed": 1, "running": 0, "waiting": 0}
+    assert alpha["baseline"]["trial"] == 0 and len(alpha["ranking"]) == 13
+    assert len(alpha["test_ranking"]) == 3 and alpha["test_ranking"][0]["seeds"] == [0, 1]
+    means = [t["test_accuracy_mean"] for t in alpha["test_ranking"]]
+    assert means == sorted(means, reverse=True)
+    best = json.loads((out / "best_config.json").read_text())
+    assert best["source"]["trial"] == rows[0].trial and best["format_version"] == 1
+    assert (out / "best_config_beta.json").exists()
+
+
+def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = sqlite_url(tmp_path)
+    make_study(url, "alpha", SETTINGS, n_complete=1)
+    rc = main(["report", "--study", "nope", "--storage", url, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,52 @@
+"""The worker loop on an in-memory study with scripted objectives (no training)."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, WorkerExit, run_worker
+from cifar_hpo.search.runtime.processes import EXIT_DONE, EXIT_RECYCLE, recycled_failures
+
+
+def failing(trial: optuna.trial.Trial) -> float:
+    trial.suggest_float("x", 0, 1)
+    raise ValueError("this setup cannot train")
+
+
+def study() -> optuna.Study:
+    return optuna.create_study(direction="maximize")
+
+
+def test_study_wide_budget_of_finished_trials():
+    s = study()
+    exit_ = run_worker(s, lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+    assert exit_ == WorkerExit("done", 0)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 4
+
+
+def test_recycle_hands_over_the_failures_in_a_row():
+    s = study()
+    assert run_worker(s, failing, n_trials=10, max_trials=2) == WorkerExit("recycle", 2)
+    # the next trial process starts from 2 and stops the worker at the limit, not after 5 more
+    with pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row"):
+        run_worker(s, failing, n_trials=10, max_trials=5, failures_in_a_row=2)
+    assert len(s.trials) == 2 + (MAX_CONSECUTIVE_FAILURES - 2)
+
+
+def test_a_success_resets_the_count():
+    s = study()
+    outcomes = iter([False, True, False])
+
+    def sometimes(trial: optuna.trial.Trial) -> float:
+        if not next(outcomes):
+            raise ValueError("fails")
+        return 0.5
+
+    assert run_worker(s, sometimes, n_trials=10, max_trials=3, failures_in_a_row=3) == WorkerExit("recycle", 1)
+
+
+def test_exit_codes_carry_the_failures():
+    assert recycled_failures(EXIT_RECYCLE) == 0
+    assert recycled_failures(EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES - 1) == MAX_CONSECUTIVE_FAILURES - 1
+    assert recycled_failures(EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES) is None
+    assert recycled_failures(EXIT_DONE) is None and recycled_failures(None) is None
