@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from cifar_hpo.reports.errors import ReportError
 from cifar_hpo.search.errors import ConfigError
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or EXIT_OK)
-    except ConfigError as err:
+    except (ConfigError, ReportError) as err:
         print(f"hpo {args.command}: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
