@@ -21,7 +21,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from cifar_hpo.search.models.cnn import build_cnn, compile_cnn  # noqa: E402

@@ -19,7 +19,7 @@ from cifar_hpo.reports.evaluation import EvalRun, summarize
 from cifar_hpo.reports.export import build_export
 from cifar_hpo.reports.ranking import StudyRanking, build_ranking, label, rank_by_test
 from cifar_hpo.reports.render import ReportMeta, ranking_csv, ranking_json, report_blocks, to_html, to_markdown
-from cifar_hpo.search.settings import TUNER_ATTR
+from cifar_hpo.storage.attrs import TUNER_ATTR
 
 BEST_CONFIG = "best_config.json"
 

@@ -1,4 +1,5 @@
-"""The small error set of the service (DESIGN: a configuration error stops the command with exit 2)."""
+"""The search package's errors and the exit codes the CLI maps them to (DESIGN: a configuration error stops
+the command with exit 2; a failing trial fails only that trial)."""
 
 
 class ConfigError(Exception):
@@ -6,3 +7,7 @@ class ConfigError(Exception):
 
     The CLI prints its message as one line and exits 2; nothing already stored is touched.
     """
+
+
+class MissingMetricError(RuntimeError):
+    """The monitored metric is absent from the epoch logs: pruning would silently never happen."""

@@ -12,12 +12,9 @@ import numpy as np
 import optuna
 
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
-SETTINGS_ATTR = "hpo_settings"
-FORMAT_ATTR = "hpo_format"
 FORMAT = 1
-# Study user attr of a `--engine kerastuner` study: the tuner it was started with (a resume must match).
-TUNER_ATTR = "kerastuner_tuner"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "none")
 ENGINES = ("optuna", "kerastuner")

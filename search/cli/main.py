@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from cifar_hpo.reports.errors import ReportError
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.runtime.quiet import quiet_libraries
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
 COMMANDS = ("search", "worker", "launch", "report", "dashboard", "cache")
@@ -29,17 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or EXIT_OK)

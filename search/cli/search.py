@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from typing import Any
 
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
 from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
@@ -66,15 +66,6 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
         "n_trials": args.n_trials, "timeout": args.timeout,
     }
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM stops like Ctrl-C: the running trial is marked FAIL and the storage stays consistent."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:

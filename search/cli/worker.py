@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from cifar_hpo.search.cli.search import add_budget_flags, add_storage_flags, budget, run_trials, sigterm_as_interrupt
+from cifar_hpo.search.cli.search import add_budget_flags, add_storage_flags, budget, run_trials
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
+from cifar_hpo.search.runtime.threads import limit_cpu_threads
 from cifar_hpo.storage.urls import is_memory
-
-
-def limit_cpu_threads(threads: int | None) -> None:
-    """A fair share of cores per worker: TensorFlow otherwise sizes its pools for the whole machine."""
-    if threads is None:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,10 @@ from typing import Any
 
 import keras
 import numpy as np
-import optuna
 
 from cifar_hpo.search.models.augment import augmentation_layers
 from cifar_hpo.search.models.data import NUM_CLASSES, Split, make_dataset
-from cifar_hpo.search.models.training import TrainResult, fit_tracked, make_optimizer, steps_per_epoch
+from cifar_hpo.search.models.training import Reporter, TrainResult, fit_tracked, make_optimizer, steps_per_epoch
 from cifar_hpo.spaces.cnn import IMAGE_SIZE, CnnConfig
 
 
@@ -57,7 +56,7 @@ def compile_cnn(model: keras.Model, config: CnnConfig, n_train: int, epochs: int
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def train_cnn(config: CnnConfig, split: Split, *, epochs: int, trial: optuna.trial.BaseTrial | None,
+def train_cnn(config: CnnConfig, split: Split, *, epochs: int, trial: Reporter | None,
               seed: int = 0, **_: Any) -> tuple[keras.Model, TrainResult]:
     """Train on split.x_train, validate each epoch on split.x_val, reporting to ``trial`` for pruning."""
     mean, variance = split.train_channel_stats

@@ -23,14 +23,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import optuna
 
 from cifar_hpo.search.models.augment import augmentation_layers
 from cifar_hpo.search.models.data import IMAGE_SHAPE, NUM_CLASSES, Split, make_dataset
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.models.feature_cache import (STORE_DTYPE, CacheKey, FeatureCache, array_fingerprint, default_cache,
                                   weights_identity)
-from cifar_hpo.search.models.training import TrainResult, fit_tracked
+from cifar_hpo.search.models.training import Reporter, TrainResult, fit_tracked
 from cifar_hpo.spaces.inception import TOP_BLOCK, InceptionConfig
 
 AUG_VIEWS = 2  # fixed augmented views per training image when training on cached features
@@ -288,7 +287,7 @@ def _phases(config: InceptionConfig, epochs: int) -> tuple[int, int]:
     return warm, epochs - warm
 
 
-def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial: optuna.trial.BaseTrial | None,
+def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial: Reporter | None,
                     seed: int = 0, settings: Any = None, weights: Any = _FROM_SETTINGS,
                     cache: Any = _FROM_SETTINGS, callbacks: list[Any] | None = None,
                     **_: Any) -> tuple[keras.Model, TrainResult]:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import keras
-import optuna
+
+from cifar_hpo.search.errors import MissingMetricError
 
 MONITOR = "val_accuracy"
 
 
-class MissingMetricError(RuntimeError):
-    """The monitored metric is absent from the epoch logs: pruning would silently never happen."""
+class Reporter(Protocol):
+    """What a trainer tells the search after each epoch. An Optuna trial is one; the KerasTuner engine
+    passes one that records without pruning; None trains without reporting. Trainers never see a Trial."""
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_prune(self) -> bool: ...
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -25,7 +33,7 @@ class PruningCallback(keras.callbacks.Callback):
     did; the caller raises TrialPruned afterwards.
     """
 
-    def __init__(self, trial: optuna.trial.BaseTrial | None, monitor: str = MONITOR, step_offset: int = 0) -> None:
+    def __init__(self, trial: Reporter | None, monitor: str = MONITOR, step_offset: int = 0) -> None:
         super().__init__()
         self.trial = trial
         self.monitor = monitor
@@ -145,7 +153,7 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 def fit_tracked(model: keras.Model, train_ds: Any, val_ds: Any, *, epochs: int, n_train: int,
-                trial: optuna.trial.BaseTrial | None, step_offset: int = 0,
+                trial: Reporter | None, step_offset: int = 0,
                 callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
     """``model.fit`` with per-epoch reporting to the trial and timing; never raises TrialPruned itself."""
     pruning, timer = PruningCallback(trial, step_offset=step_offset), EpochTimer()

@@ -54,7 +54,7 @@ def _die_with_parent() -> None:
 def child_main(job: ChildJob) -> None:
     """Entry point of a trial process; its exit code tells the parent what to do next."""
     _die_with_parent()
-    from cifar_hpo.search.cli.search import sigterm_as_interrupt
+    from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
 
     sigterm_as_interrupt()
     try:
@@ -64,14 +64,14 @@ def child_main(job: ChildJob) -> None:
 
 
 def _run_child(job: ChildJob) -> int:
-    from cifar_hpo.search.cli import _quiet_libraries
-    from cifar_hpo.search.cli.worker import limit_cpu_threads
     from cifar_hpo.search.errors import ConfigError
     from cifar_hpo.search.runtime.objective import Objective
+    from cifar_hpo.search.runtime.quiet import quiet_libraries
+    from cifar_hpo.search.runtime.threads import limit_cpu_threads
     from cifar_hpo.search.study_setup import open_hpo_study
     from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, run_worker
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         limit_cpu_threads(job.threads)
         opened = open_hpo_study(job.url, job.study, None, worker_index=job.worker_index, generation=job.generation,

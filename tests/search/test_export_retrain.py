@@ -85,7 +85,7 @@ def test_report_evaluate_stores_runs_and_reuses_them(tiny_study: tuple[str, Path
     def no_training(*_: Any, **__: Any) -> Any:
         raise AssertionError("a second report must reuse the stored evaluation")
 
-    monkeypatch.setattr(search.evaluate, "train_and_evaluate", no_training)
+    monkeypatch.setattr(cifar_hpo.search.evaluate, "train_and_evaluate", no_training)
     assert main(args + ["--out", str(tmp_path / "rep2")]) == 0
     assert (tmp_path / "rep2" / "report.md").read_text().count("| airplane |") == 1
 

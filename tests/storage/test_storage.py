@@ -1,11 +1,9 @@
 """Storage URLs, SQLite settings, and the one-line errors of bad storage input."""
 
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import optuna
 import pytest

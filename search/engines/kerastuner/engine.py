@@ -40,7 +40,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.search.settings import TUNER_ATTR
+from cifar_hpo.storage.attrs import TUNER_ATTR
 from cifar_hpo.spaces import build_space, get_space_module
 from cifar_hpo.spaces.bounds import Bound, Choice, FloatRange, IntRange, space_bounds
 

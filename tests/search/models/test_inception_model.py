@@ -4,7 +4,6 @@ mode, pruning across warm-up and fine-tuning, `hpo search --space inception` wit
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np

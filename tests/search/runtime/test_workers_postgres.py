@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from cifar_hpo.search.cli import main
 from cifar_hpo.search.study_setup import open_hpo_study
 from cifar_hpo.storage import make_storage
-from hpo_testkit import make_tiny_cifar
+from hpo_testkit import ROOT, make_tiny_cifar
 
 pytestmark = pytest.mark.postgres
 

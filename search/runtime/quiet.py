@@ -1,0 +1,12 @@
+"""Library chatter off in every process the CLI starts (worker and trial processes included)."""
+
+from __future__ import annotations
+
+import os
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines

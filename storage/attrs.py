@@ -1,0 +1,7 @@
+"""The study and trial attribute keys hpo writes into Optuna's own schema (user attrs), in one place, so
+every floor reads a study the same way. Renaming a key breaks studies already written: add, never rename."""
+
+# Study user attrs
+SETTINGS_ATTR = "hpo_settings"  # the StudySettings a study was created with (the single source of truth)
+FORMAT_ATTR = "hpo_format"  # version of that record; a newer one than this hpo reads is refused
+TUNER_ATTR = "kerastuner_tuner"  # `--engine kerastuner`: the tuner it was started with (a resume must match)
