@@ -17,6 +17,7 @@ from reports.render import ReportMeta, class_table, ranking_csv, report_blocks, 
 from search.cli import main
 from search.data import CLASS_NAMES
 from search.settings import StudySettings
+from storage.names import safe_filename
 from tests.test_report_helpers import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
 
 SETTINGS = StudySettings(space="cnn", data="/nowhere/cifar.npz", data_fingerprint="abc123", val_size=100, epochs=3)
@@ -154,11 +155,12 @@ def test_hpo_report_writes_every_file_and_reuses_stored_evaluations(tmp_path: Pa
     rc = main(["report", "--study", "alpha", "--study", "beta", "--storage", url, "--out", str(out), "--top", "2",
                "--seeds", "2"])
     assert rc == 0
+    alpha, beta = safe_filename("alpha"), safe_filename("beta")
     for name in ("report.md", "report.html", "ranking.csv", "ranking.json", "best_config.json",
-                 "alpha_optimization_history.png", "alpha_learning_curves.png", "alpha_param_importances.png",
-                 "alpha_parallel_coordinates.png", "beta_learning_curves.png"):
+                 f"{alpha}_optimization_history.png", f"{alpha}_learning_curves.png", f"{alpha}_param_importances.png",
+                 f"{alpha}_parallel_coordinates.png", f"{beta}_learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
-    confusions = sorted(p.name for p in out.glob("alpha_confusion_*.png"))
+    confusions = sorted(p.name for p in out.glob(f"{alpha}_confusion_*.png"))
     assert len(confusions) == 3  # top 2 + baseline
     md = (out / "report.md").read_text()
     assert all(f"| {name} |" in md for name in CLASS_NAMES)
@@ -175,7 +177,25 @@ def test_hpo_report_writes_every_file_and_reuses_stored_evaluations(tmp_path: Pa
     assert means == sorted(means, reverse=True)
     best = json.loads((out / "best_config.json").read_text())
     assert best["source"]["trial"] == rows[0].trial and best["format_version"] == 1
-    assert (out / "best_config_beta.json").exists()
+    assert (out / f"best_config_{beta}.json").exists()
+
+
+def test_report_file_names_are_visible_and_distinct_per_study(tmp_path: Path) -> None:
+    """A name starting with a dot made hidden PNGs; every all-non-ASCII name made the same study_*.png."""
+    url = sqlite_url(tmp_path)
+    names = [".hidden", "日本", "中文"]
+    for i, name in enumerate(names):
+        make_study(url, name, SETTINGS, n_complete=0, seed=i)
+    out = tmp_path / "rep"
+    argv = ["report", "--storage", url, "--out", str(out)]
+    assert main([*argv, *[arg for name in names for arg in ("--study", name)]]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert not [name for name in written if name.startswith(".")]
+    curves = [name for name in written if name.endswith("_learning_curves.png")]
+    assert len(curves) == len(names)  # one per study, none overwritten by another
+    assert len([name for name in written if name.startswith("best_config_")]) == len(names)
+    md = (out / "report.md").read_text()
+    assert all(f"]({curve})" in md for curve in curves)
 
 
 def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
