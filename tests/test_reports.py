@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
 
 from reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, format_report_text, stored_runs, summarize
 from reports.ranking import build_ranking, count_trials, rank_by_test, rank_trials, separation, top_rows
@@ -205,3 +209,60 @@ def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+class _Tags(HTMLParser):
+    """Every start tag of an HTML page with its attributes, and the cell count of every table row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.rows: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append(0)
+        elif tag in ("td", "th"):
+            self.rows[-1] += 1
+
+
+def _markdown_tables(md: str) -> list[list[int]]:
+    """Cells per row of every Markdown table (a '|' after a backslash is text, not a column)."""
+    tables: list[list[int]] = []
+    previous = ""
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(len(re.split(r"(?<!\\)\|", line)) - 2)
+        previous = line
+    return tables
+
+
+def test_report_escapes_user_strings_in_markdown_and_html(tmp_path: Path) -> None:
+    """Study name, data path, a parameter's value and user attrs holding a tag and a '|' stay text."""
+    url = sqlite_url(tmp_path)
+    name = f"{PAYLOAD} a|b `tick` *x*"
+    study = make_study(url, name, dataclasses.replace(SETTINGS, data=f"/data/{PAYLOAD}|x.npz"), n_complete=2)
+    study.add_trial(create_trial(
+        value=0.99, params={"note": PAYLOAD}, distributions={"note": CategoricalDistribution((PAYLOAD, "a|b"))},
+        user_attrs={"params": "a|b", "train_images_per_s": PAYLOAD, "best_epoch": 1, "epochs_run": 1},
+        intermediate_values={1: 0.99}))
+    out = tmp_path / "rep"
+    assert main(["report", "--study", name, "--storage", url, "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert PAYLOAD not in md and "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert "a\\|b" in md and "a|b" not in md
+    for rows in _markdown_tables(md):
+        assert len(set(rows)) == 1, rows  # every row has the header's columns
+    page = (out / "report.html").read_text()
+    assert PAYLOAD not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    parser = _Tags()
+    parser.feed(page)
+    assert not [attrs for _, attrs in parser.tags if "onerror" in attrs]
+    assert all(attrs["src"].startswith("data:image/png;base64,") for tag, attrs in parser.tags if tag == "img")
+    assert "<code>&lt;img src=x onerror=alert(1)&gt; a|b `tick` *x*</code>" in page  # the study name, verbatim
