@@ -136,7 +136,7 @@ def run_kerastuner(opened: Any, budget: int, workdir: Path) -> None:
     from cifar_hpo.search.engines.kerastuner.engine import run_search
 
     run_search(opened, "hyperband", n_trials=None, timeout=None, directory=workdir / opened.study.study_name,
-               stop=lambda study: "budget" if epochs_used(study) >= budget else None)
+               root=workdir, stop=lambda study: "budget" if epochs_used(study) >= budget else None)
 
 
 def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:

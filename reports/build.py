@@ -7,7 +7,6 @@ loaded from the study), so nothing here trains or prints.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,7 @@ from cifar_hpo.reports.export import build_export
 from cifar_hpo.reports.ranking import StudyRanking, build_ranking, label, rank_by_test
 from cifar_hpo.reports.render import ReportMeta, ranking_csv, ranking_json, report_blocks, to_html, to_markdown
 from cifar_hpo.storage.attrs import TUNER_ATTR
+from cifar_hpo.storage.names import safe_filename
 
 BEST_CONFIG = "best_config.json"
 
@@ -30,10 +30,6 @@ class ReportFiles:
 
     folder: Path
     files: list[str] = field(default_factory=list)
-
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "study"
 
 
 def study_ranking(study: optuna.Study, settings: Mapping[str, Any], evaluations: Mapping[str, Sequence[EvalRun]],
@@ -54,7 +50,7 @@ def study_ranking(study: optuna.Study, settings: Mapping[str, Any], evaluations:
 
 def add_plots(ranking: StudyRanking, study: optuna.Study, trials: Sequence[Any], class_names: Sequence[str],
               images: dict[str, bytes]) -> None:
-    prefix = safe_name(study.study_name)
+    prefix = safe_filename(study.study_name)  # never hidden (.x), never shared (non-ASCII names)
 
     def keep(title: str, stem: str, result: tuple[bytes | None, str]) -> None:
         png, note = result
@@ -81,7 +77,7 @@ def add_plots(ranking: StudyRanking, study: optuna.Study, trials: Sequence[Any],
         png, _ = plots.confusion_matrix(summary.confusion, class_names,
                                         f"Confusion matrix (row-normalised), {label(t.trial, t.baseline)}")
         if png is not None:
-            name = f"{prefix}_confusion_{safe_name(t.key)}.png"
+            name = f"{prefix}_confusion_{safe_filename(t.key)}.png"
             images[name] = png
             ranking.plots_confusion[t.key] = name
 
@@ -110,5 +106,5 @@ def write_report(folder: str | Path, rankings: Sequence[StudyRanking], images: M
         write(BEST_CONFIG, json.dumps(with_config[0].best_config, indent=2) + "\n")
     if len(rankings) > 1:
         for r in with_config:
-            write(f"best_config_{safe_name(r.study)}.json", json.dumps(r.best_config, indent=2) + "\n")
+            write(f"best_config_{safe_filename(r.study)}.json", json.dumps(r.best_config, indent=2) + "\n")
     return out

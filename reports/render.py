@@ -3,6 +3,11 @@ self-contained HTML (images embedded as base64), plus the ranking as JSON and CS
 
 ``report_blocks`` decides what the report says; ``to_markdown``/``to_html`` only decide how it looks, so
 both files always carry the same content.
+
+Block text is plain text except for code spans made by ``code()``. Study names, paths, parameter values and
+user attrs are anyone's strings (``<img src=x onerror=...>``, ``a|b``), so the renderers escape every piece of
+text: HTML with html.escape, Markdown with backslash escapes and entities, so no value becomes markup, a tag,
+or an extra table column.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -67,6 +73,31 @@ class ReportMeta:
 
 
 # ---------------------------------------------------------------- formatting helpers
+# Code spans are delimited by two private-use characters rather than backticks, so a backtick in a value is
+# just text; _segments splits them back out, and stray delimiters inside values are dropped.
+_CODE_OPEN, _CODE_CLOSE = "\ue000", "\ue001"
+
+
+def code(value: Any) -> str:
+    """``value`` as a code span of the report's text (rendered as `...` / <code>...</code>)."""
+    text = str(value).replace(_CODE_OPEN, "").replace(_CODE_CLOSE, "")
+    return f"{_CODE_OPEN}{text}{_CODE_CLOSE}"
+
+
+def _segments(text: str) -> list[tuple[bool, str]]:
+    """``text`` as (is_code, piece) pairs."""
+    pieces: list[tuple[bool, str]] = []
+    for part in text.split(_CODE_OPEN):
+        inner, closed, rest = part.partition(_CODE_CLOSE)
+        if closed:
+            pieces.append((True, inner))
+        else:
+            rest = inner
+        if rest:
+            pieces.append((False, rest.replace(_CODE_CLOSE, "")))
+    return pieces
+
+
 def pct(value: float | None, digits: int = 2) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
 
@@ -100,8 +131,8 @@ def row_label(row: RankedRow) -> str:
 # ---------------------------------------------------------------- the document
 def report_blocks(rankings: Sequence[StudyRanking], meta: ReportMeta) -> list[Block]:
     blocks: list[Block] = [Heading(meta.title, 1)]
-    studies = ", ".join(f"`{r.study}` ({r.space})" for r in rankings)
-    blocks.append(Paragraph(f"Studies: {studies}. Storage: `{meta.storage}`. Generated {meta.generated}."))
+    studies = ", ".join(f"{code(r.study)} ({r.space})" for r in rankings)
+    blocks.append(Paragraph(f"Studies: {studies}. Storage: {code(meta.storage)}. Generated {meta.generated}."))
     if len(rankings) > 1:
         blocks += comparison_blocks(rankings, meta.class_names)
     for ranking in rankings:
@@ -119,10 +150,10 @@ def search_method(r: StudyRanking) -> str:
 
 def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     s, c = r.settings, r.counts
-    blocks: list[Block] = [Heading(f"Study `{r.study}` (space `{r.space}`)", 2)]
+    blocks: list[Block] = [Heading(f"Study {code(r.study)} (space {code(r.space)})", 2)]
     data = s.get("data") or "keras.datasets.cifar10"
     blocks.append(Paragraph(
-        f"Data `{data}` (fingerprint `{s.get('data_fingerprint')}`), validation {s.get('val_size')} images, "
+        f"Data {code(data)} (fingerprint {code(s.get('data_fingerprint'))}), validation {s.get('val_size')} images, "
         f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
         f"{search_method(r)}."))
     blocks.append(Paragraph(
@@ -149,9 +180,9 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     if r.best_config:
         src = r.best_config["source"]
         blocks.append(Paragraph(
-            f"`best_config.json` holds trial {src['trial']} (highest validation accuracy; the test set never "
-            f"chooses), {r.best_config['epochs']} epochs, seed {r.best_config['seed']}. Retrain it with "
-            f"`hpo retrain --config best_config.json --out model.keras`."))
+            f"{code('best_config.json')} holds trial {src['trial']} (highest validation accuracy; the test set "
+            f"never chooses), {r.best_config['epochs']} epochs, seed {r.best_config['seed']}. Retrain it with "
+            f"{code('hpo retrain --config best_config.json --out model.keras')}."))
     else:
         blocks.append(Paragraph("No completed trial yet: nothing to export."))
     return blocks
@@ -231,7 +262,7 @@ def comparison_blocks(rankings: Sequence[StudyRanking], class_names: Sequence[st
     """Side by side: each study's best configuration (by test mean if evaluated, else by validation)."""
     blocks: list[Block] = [Heading("Comparison of studies", 2)]
     picks = [best_pick(r) for r in rankings]
-    header = ["", *[f"`{r.study}` ({r.space})" for r in rankings]]
+    header = ["", *[f"{code(r.study)} ({r.space})" for r in rankings]]
     rows = [
         ["best configuration", *[p["label"] for p in picks]],
         ["best val accuracy", *[pct(r.rows[0].val_accuracy) if r.rows else "—" for r in rankings]],
@@ -264,21 +295,49 @@ def best_pick(r: StudyRanking) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- Markdown and HTML
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_MD_CODE_PLAIN = re.compile(r"[^<>&|`\\]+")  # shown as `...`; anything else as <code> with escaped text
+
+
+def _one_line(text: str) -> str:
+    """A line break in a value would end a table row, a heading or a paragraph."""
+    return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+
+
+def md_escape(text: str) -> str:
+    """Plain text for Markdown (also safe in a table cell): entities for < > &, backslashes for the rest."""
+    text = _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _md_code(text: str) -> str:
+    text = _one_line(text)
+    if _MD_CODE_PLAIN.fullmatch(text):
+        return f"`{text}`"
+    # A code span shows < > & | literally and cannot escape a backtick; inline <code> with escaped text can.
+    return f"<code>{md_escape(text)}</code>"
+
+
+def _md_inline(text: str) -> str:
+    return "".join(_md_code(piece) if is_code else md_escape(piece) for is_code, piece in _segments(text))
+
+
 def to_markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            out.append(f"{'#' * block.level} {block.text}")
+            out.append(f"{'#' * block.level} {_md_inline(block.text)}")
         elif isinstance(block, Paragraph):
-            out.append(block.text)
+            out.append(_md_inline(block.text))
         elif isinstance(block, Table):
-            cells = lambda row: "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"  # noqa: E731
+            cells = lambda row: "| " + " | ".join(_md_inline(c) for c in row) + " |"  # noqa: E731
             align = ["---" if i < block.align_right_from else "---:" for i in range(len(block.header))]
             out.append("\n".join([cells(block.header), "| " + " | ".join(align) + " |", *map(cells, block.rows)]))
         elif isinstance(block, Image):
-            out.append(f"![{block.title}]({block.file})")
+            out.append(f"![{md_escape(block.title)}]({block.file})")  # file: a safe_filename name
         elif isinstance(block, Code):
-            out.append(f"```\n{block.text}\n```")
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", block.text)), default=0))
+            out.append(f"{fence}\n{block.text}\n{fence}")
     return "\n\n".join(out) + "\n"
 
 
@@ -290,9 +349,9 @@ pre{background:#f5f5f5;padding:.8em;overflow:auto}"""
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn `code` spans into <code> (the only inline markup the report uses)."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    """Every piece escaped; code spans (the only inline markup the report uses) as <code>."""
+    return "".join(f"<code>{html.escape(piece)}</code>" if is_code else html.escape(piece)
+                   for is_code, piece in _segments(text))
 
 
 def to_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str = "hpo report") -> str:

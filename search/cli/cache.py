@@ -3,6 +3,8 @@
 The cache (search/feature_cache.py) prunes itself to ``$HPO_CACHE_MAX_GB`` after every write; this command
 shows it, prunes it to another size now (``--max-gb``) or empties it (``--clear``). Deleting entries is
 always safe: a later trial recomputes what it needs, and a worker reading an entry keeps its open copy.
+It deletes only entries the cache wrote (cifar_hpo.search.models.feature_cache.owned_entry), and refuses a folder that is not a
+cache at all (no marker file and no such entry), so a wrong --dir costs nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.search.models.feature_cache import DiskEntry, default_features_dir, disk_entries, max_disk_bytes, prune_disk, remove_entry
+from cifar_hpo.search.models.feature_cache import (
+    DiskEntry, default_features_dir, disk_entries, is_cache_dir, max_disk_bytes, prune_disk, remove_entry,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +43,9 @@ def run_cache(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-gb must be >= 0, but got {args.max_gb}")
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"cache directory {str(directory)!r} is a file, not a directory; check --dir / $HPO_CACHE_DIR")
+    if directory.is_dir() and any(directory.iterdir()) and not is_cache_dir(directory):
+        raise ConfigError(f"{str(directory)!r} is not a feature cache (no marker file, no entry the cache wrote); "
+                          "hpo cache leaves it alone: check --dir / $HPO_CACHE_DIR")
     entries = disk_entries(directory) if directory.is_dir() else []
     if args.clear:
         for entry in entries:

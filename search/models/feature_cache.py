@@ -15,6 +15,13 @@ Where: ``$HPO_CACHE_DIR``, else ``~/.cache/cifar-hpo``. Which: ``$HPO_FEATURE_CA
 memory and disk), ``memory`` or ``off`` (no cache: the trunk runs every epoch). How big the disk part may
 grow: ``$HPO_CACHE_MAX_GB`` (default 20); after each write the least recently used entries beyond it are
 deleted (a read marks an entry used). ``hpo cache`` shows the cache and clears it.
+
+Only what the cache wrote is ever deleted, whatever else lies in its folder (``$HPO_CACHE_DIR`` may point at a
+folder of the user's own files). An entry is ``<token>.npy`` plus its ``<token>.json`` sidecar holding the key,
+and it is the cache's own exactly when the token is the hash of that key (``owned_entry``): self-verifying, so
+it holds for entries written before this rule existed too, and no file of the user's can match by chance. The
+folder also gets a marker file, ``hpo-feature-cache.tag``, when the cache first writes to it; the marker only
+tells a cache folder (even an emptied one) from another folder, it never makes a file deletable.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections import OrderedDict
@@ -38,7 +46,10 @@ DEFAULT_MEMORY_MB = 3072
 # Full CIFAR-10 at 139 px cut at mixed8 is ~1 GB a view in float16: 20 GB keeps a few input sizes and cuts.
 DEFAULT_MAX_DISK_GB = 20.0
 STORE_DTYPE = "float16"  # halves memory and disk; ~1e-3 relative error on post-ReLU activations
-FORMAT = 1  # bump when what a key means changes, so old disk entries are never read
+FORMAT = 1  # bump when what a key means changes, so old disk entries are never read (owned_entry still knows them)
+MARKER = "hpo-feature-cache.tag"
+MARKER_SIGNATURE = "cifar-hpo feature cache"
+_TOKEN_FILE = re.compile(r"[0-9a-f]{32}\.npy")
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,8 @@ class CacheKey:
     view: str = "clean"
     dtype: str = STORE_DTYPE
 
-    def token(self) -> str:
-        text = json.dumps({**asdict(self), "format": FORMAT}, sort_keys=True)
+    def token(self, format: int = FORMAT) -> str:
+        text = json.dumps({**asdict(self), "format": format}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -80,6 +91,7 @@ class FeatureCache:
 
     def __post_init__(self) -> None:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._marked = False
         if self.directory is not None:
             self.directory = Path(self.directory).expanduser()
 
@@ -115,10 +127,13 @@ class FeatureCache:
         path = self._path(key)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-                np.save(handle, stored, allow_pickle=False)
-            os.replace(handle.name, path)  # atomic: a reader sees the whole file or none
-            path.with_suffix(".json").write_text(json.dumps({**asdict(key), "shape": list(stored.shape)}))
+            if not self._marked:
+                write_marker(path.parent)
+                self._marked = True
+            # The sidecar first: an array on disk always has the key that proves it is the cache's (owned_entry).
+            sidecar = json.dumps({**asdict(key), "shape": list(stored.shape)}).encode()
+            _write_atomically(path.with_suffix(".json"), lambda handle: handle.write(sidecar))
+            _write_atomically(path, lambda handle: np.save(handle, stored, allow_pickle=False))
             if self.max_disk_bytes is not None:
                 prune_disk(self.directory, self.max_disk_bytes, keep=path)
         self._remember(key.token(), stored)
@@ -145,6 +160,46 @@ class FeatureCache:
         self._memory.clear()
 
 
+def _write_atomically(path: Path, write: Callable[..., object]) -> None:
+    """A reader (another worker) sees the whole file or none."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        write(handle)
+    os.replace(handle.name, path)
+
+
+def write_marker(directory: Path) -> None:
+    marker = Path(directory) / MARKER
+    if not marker.exists():
+        marker.write_text(f"{MARKER_SIGNATURE}\nWritten by cifar-hpo: this folder holds its frozen-trunk feature "
+                          "cache. `hpo cache --clear` deletes only the entries the cache wrote here.\n")
+
+
+def has_marker(directory: Path) -> bool:
+    try:
+        return (Path(directory) / MARKER).read_text().startswith(MARKER_SIGNATURE)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def owned_entry(path: Path) -> bool:
+    """Whether ``path`` is an array the cache wrote: ``<token>.npy`` whose ``.json`` sidecar holds a key that
+    hashes to that token (under this or an earlier FORMAT)."""
+    if not _TOKEN_FILE.fullmatch(path.name):
+        return False
+    try:
+        stored = json.loads(path.with_suffix(".json").read_text())
+        stored.pop("shape")
+        key = CacheKey(**stored)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return any(key.token(version) == path.stem for version in range(1, FORMAT + 1))
+
+
+def is_cache_dir(directory: Path) -> bool:
+    """A folder the cache wrote: its marker, or (caches written before the marker) at least one owned entry."""
+    return has_marker(directory) or any(owned_entry(path) for path in Path(directory).glob("*.npy"))
+
+
 @dataclass(frozen=True)
 class DiskEntry:
     path: Path  # the .npy file; its .json sidecar describes the key
@@ -153,9 +208,12 @@ class DiskEntry:
 
 
 def disk_entries(directory: Path) -> list[DiskEntry]:
-    """The cache's entries, least recently used first (files deleted meanwhile by another worker skipped)."""
+    """The cache's own entries (owned_entry), least recently used first; any other file is not an entry, and
+    files deleted meanwhile by another worker are skipped."""
     entries = []
     for path in Path(directory).glob("*.npy"):
+        if not owned_entry(path):
+            continue
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -165,6 +223,7 @@ def disk_entries(directory: Path) -> list[DiskEntry]:
 
 
 def remove_entry(path: Path) -> None:
+    """Delete one entry found by disk_entries (so owned by the cache), its array before its sidecar."""
     # Another process may have it memory-mapped: on POSIX its mapping stays valid until it lets go.
     for file in (path, path.with_suffix(".json")):
         file.unlink(missing_ok=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
 
 from cifar_hpo.reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, format_report_text, stored_runs, summarize
 from cifar_hpo.reports.ranking import build_ranking, count_trials, rank_by_test, rank_trials, separation, top_rows
@@ -17,7 +21,8 @@ from cifar_hpo.reports.render import ReportMeta, class_table, ranking_csv, repor
 from cifar_hpo.search.cli import main
 from cifar_hpo.search.models.data import CLASS_NAMES
 from cifar_hpo.search.settings import StudySettings
-from hpo_testkit import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
+from cifar_hpo.storage.names import safe_filename
+from tests.test_report_helpers import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
 
 SETTINGS = StudySettings(space="cnn", data="/nowhere/cifar.npz", data_fingerprint="abc123", val_size=100, epochs=3)
 
@@ -154,11 +159,12 @@ def test_hpo_report_writes_every_file_and_reuses_stored_evaluations(tmp_path: Pa
     rc = main(["report", "--study", "alpha", "--study", "beta", "--storage", url, "--out", str(out), "--top", "2",
                "--seeds", "2"])
     assert rc == 0
+    alpha, beta = safe_filename("alpha"), safe_filename("beta")
     for name in ("report.md", "report.html", "ranking.csv", "ranking.json", "best_config.json",
-                 "alpha_optimization_history.png", "alpha_learning_curves.png", "alpha_param_importances.png",
-                 "alpha_parallel_coordinates.png", "beta_learning_curves.png"):
+                 f"{alpha}_optimization_history.png", f"{alpha}_learning_curves.png", f"{alpha}_param_importances.png",
+                 f"{alpha}_parallel_coordinates.png", f"{beta}_learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
-    confusions = sorted(p.name for p in out.glob("alpha_confusion_*.png"))
+    confusions = sorted(p.name for p in out.glob(f"{alpha}_confusion_*.png"))
     assert len(confusions) == 3  # top 2 + baseline
     md = (out / "report.md").read_text()
     assert all(f"| {name} |" in md for name in CLASS_NAMES)
@@ -175,7 +181,25 @@ def test_hpo_report_writes_every_file_and_reuses_stored_evaluations(tmp_path: Pa
     assert means == sorted(means, reverse=True)
     best = json.loads((out / "best_config.json").read_text())
     assert best["source"]["trial"] == rows[0].trial and best["format_version"] == 1
-    assert (out / "best_config_beta.json").exists()
+    assert (out / f"best_config_{beta}.json").exists()
+
+
+def test_report_file_names_are_visible_and_distinct_per_study(tmp_path: Path) -> None:
+    """A name starting with a dot made hidden PNGs; every all-non-ASCII name made the same study_*.png."""
+    url = sqlite_url(tmp_path)
+    names = [".hidden", "日本", "中文"]
+    for i, name in enumerate(names):
+        make_study(url, name, SETTINGS, n_complete=0, seed=i)
+    out = tmp_path / "rep"
+    argv = ["report", "--storage", url, "--out", str(out)]
+    assert main([*argv, *[arg for name in names for arg in ("--study", name)]]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert not [name for name in written if name.startswith(".")]
+    curves = [name for name in written if name.endswith("_learning_curves.png")]
+    assert len(curves) == len(names)  # one per study, none overwritten by another
+    assert len([name for name in written if name.startswith("best_config_")]) == len(names)
+    md = (out / "report.md").read_text()
+    assert all(f"]({curve})" in md for curve in curves)
 
 
 def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,3 +209,60 @@ def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+class _Tags(HTMLParser):
+    """Every start tag of an HTML page with its attributes, and the cell count of every table row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.rows: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append(0)
+        elif tag in ("td", "th"):
+            self.rows[-1] += 1
+
+
+def _markdown_tables(md: str) -> list[list[int]]:
+    """Cells per row of every Markdown table (a '|' after a backslash is text, not a column)."""
+    tables: list[list[int]] = []
+    previous = ""
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(len(re.split(r"(?<!\\)\|", line)) - 2)
+        previous = line
+    return tables
+
+
+def test_report_escapes_user_strings_in_markdown_and_html(tmp_path: Path) -> None:
+    """Study name, data path, a parameter's value and user attrs holding a tag and a '|' stay text."""
+    url = sqlite_url(tmp_path)
+    name = f"{PAYLOAD} a|b `tick` *x*"
+    study = make_study(url, name, dataclasses.replace(SETTINGS, data=f"/data/{PAYLOAD}|x.npz"), n_complete=2)
+    study.add_trial(create_trial(
+        value=0.99, params={"note": PAYLOAD}, distributions={"note": CategoricalDistribution((PAYLOAD, "a|b"))},
+        user_attrs={"params": "a|b", "train_images_per_s": PAYLOAD, "best_epoch": 1, "epochs_run": 1},
+        intermediate_values={1: 0.99}))
+    out = tmp_path / "rep"
+    assert main(["report", "--study", name, "--storage", url, "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert PAYLOAD not in md and "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert "a\\|b" in md and "a|b" not in md
+    for rows in _markdown_tables(md):
+        assert len(set(rows)) == 1, rows  # every row has the header's columns
+    page = (out / "report.html").read_text()
+    assert PAYLOAD not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    parser = _Tags()
+    parser.feed(page)
+    assert not [attrs for _, attrs in parser.tags if "onerror" in attrs]
+    assert all(attrs["src"].startswith("data:image/png;base64,") for tag, attrs in parser.tags if tag == "img")
+    assert "<code>&lt;img src=x onerror=alert(1)&gt; a|b `tick` *x*</code>" in page  # the study name, verbatim

@@ -4,7 +4,9 @@ KerasTuner (Hyperband, Bayesian optimisation or random search) picks the configu
 become KerasTuner hyperparameters of the same names, and each KerasTuner trial is written into the Optuna
 study as it runs (same parameter names and distributions, validation accuracy per epoch as intermediate
 values, the objective's user attrs plus ``engine="kerastuner"``), so `hpo report` and the dashboard read
-both engines alike. KerasTuner's own files (oracle state, checkpoints) go to ``./kerastuner/<study>/``.
+both engines alike. KerasTuner's own files (oracle state, checkpoints) go to ``./kerastuner/<slug>-<hash>/``
+(storage.names.safe_filename of the study name: any name, ``..`` or ``/abs`` included, stays inside
+``./kerastuner/``).
 
 How a KerasTuner trial maps onto an Optuna trial:
 - COMPLETE: it trained to the study's ``epochs`` (every trial of ``bayesian`` and ``random``; Hyperband's
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -43,6 +46,7 @@ from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.storage.attrs import TUNER_ATTR
 from cifar_hpo.spaces import build_space, get_space_module
 from cifar_hpo.spaces.bounds import Bound, Choice, FloatRange, IntRange, space_bounds
+from cifar_hpo.storage.names import safe_filename
 
 _logger = logging.getLogger(__name__)
 
@@ -422,9 +426,45 @@ TUNER_CLASSES = {"hyperband": RecordingHyperband, "bayesian": RecordingBayesian,
 # One search
 
 
-def project_name(study_name: str) -> str:
-    """A directory name for the study (KerasTuner's project): unsafe characters become '_'."""
+def _legacy_project_name(study_name: str) -> str:
+    """The project folder name versions before the slug-and-hash scheme used (unsafe characters -> '_')."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", study_name) or "study"
+
+
+def project_dir(study_name: str, *, resume: bool, root: Path = Path(WORKDIR)) -> Path:
+    """KerasTuner's project folder for a study: ``root/<safe_filename(name)>``, always a direct child of root.
+
+    A resumed study whose project an earlier version wrote to ``root/<name>/`` keeps using it (its oracle
+    holds Hyperband's brackets and checkpoints), but only when that old folder name is the study name itself
+    (the old rule changed no character, so no other study can have shared it), is not ``.``/``..``, and
+    holds an ``oracle.json``. Any other old project is left untouched and the study continues in a new one.
+    """
+    new = root / safe_filename(study_name)
+    legacy = _legacy_project_name(study_name)
+    if (resume and not new.exists() and legacy == study_name and legacy not in (".", "..")
+            and (root / legacy / "oracle.json").is_file()):
+        return root / legacy
+    return new
+
+
+def checked_project_dir(directory: Path, root: Path) -> Path:
+    """``directory`` if it is a folder directly inside ``root`` (the kerastuner root), else a ConfigError.
+
+    Everything this engine may delete is the project folder, so it must never resolve to the root itself
+    (pathlib reads ``root/.`` as ``root``), a folder above it (``..``) or anywhere else through a symlink.
+    """
+    if directory.name in ("", ".", "..") or directory.resolve().parent != root.resolve():
+        raise ConfigError(f"KerasTuner project folder {str(directory)!r} is not a folder directly inside "
+                          f"{str(root)!r}; refusing to use it")
+    return directory
+
+
+def _remove_stale_project(directory: Path, root: Path) -> None:
+    """Delete an old project of a study created anew under the same name (checked to be inside the root)."""
+    checked_project_dir(directory, root)
+    if directory.is_symlink() or not directory.is_dir():
+        raise ConfigError(f"KerasTuner project folder {str(directory)!r} is not a plain folder; remove it by hand")
+    shutil.rmtree(directory)
 
 
 def _inject_first(oracle: Any, params: dict[str, Any]) -> None:
@@ -446,12 +486,14 @@ class SearchOutcome:
     stopped_because: str  # "n_trials", "timeout", a caller's reason, or "tuner finished"
 
 
-def make_tuner(ctx: SearchContext, directory: Path, *, overwrite: bool) -> Any:
+def make_tuner(ctx: SearchContext, directory: Path) -> Any:
     settings, study = ctx.settings, ctx.recorder.study
+    # overwrite=False always: KerasTuner's overwrite deletes directory/project_name without any check (with
+    # project ".." that is the working directory); run_search removes a stale project itself, checked.
     common: dict[str, Any] = dict(
         hypermodel=SpaceHyperModel(ctx), objective=kt.Objective(OBJECTIVE, "max"),
         hyperparameters=kerastuner_hyperparameters(ctx.space), seed=settings.seed, directory=str(directory.parent),
-        project_name=directory.name, overwrite=overwrite, max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILURES,
+        project_name=directory.name, overwrite=False, max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILURES,
     )
     if ctx.tuner_name == "hyperband":
         # No iteration limit: the search stops at the study's n_trials / timeout, as the Optuna engine does.
@@ -493,14 +535,16 @@ class _Lock:
 
 
 def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: float | None,
-               directory: Path, stop: Callable[[optuna.Study], str | None] | None = None,
+               directory: Path, root: Path = Path(WORKDIR), stop: Callable[[optuna.Study], str | None] | None = None,
                on_trial_end: Callable[[], None] | None = None) -> SearchOutcome:
     """Run KerasTuner on an opened hpo study until n_trials finished trials, the timeout, or ``stop`` says why.
 
-    ``directory`` is KerasTuner's project directory (its oracle state and checkpoints).
+    ``directory`` is KerasTuner's project directory (its oracle state and checkpoints); it must lie directly
+    inside ``root`` (see project_dir): it is the only folder this function may delete.
     """
     from cifar_hpo.search.runtime.worker import count_trials
 
+    checked_project_dir(directory, root)
     study = opened.study
     recorder = StudyRecorder(study, optuna_distributions(build_space(opened.settings.space,
                                                                      opened.settings.space_overrides)), tuner_name)
@@ -524,8 +568,9 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
         reason = why_stop()
         if reason:
             return SearchOutcome(0, reason)
-        fresh = opened.created and directory.exists()  # a new study never resumes an old KerasTuner project
-        tuner = make_tuner(ctx, directory, overwrite=fresh)
+        if opened.created and directory.exists():  # a new study never resumes an old KerasTuner project
+            _remove_stale_project(directory, root)
+        tuner = make_tuner(ctx, directory)
         try:
             tuner.search(verbose=0)
         except _StopSearch:
@@ -583,7 +628,7 @@ def run_opened(args: Any, opened: Any) -> int:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
     tuner = _tuner_for(opened.study, getattr(args, "tuner", None))
     verb = "created" if opened.created else "resumed"
-    directory = Path(WORKDIR) / project_name(args.study)
+    directory = project_dir(args.study, resume=not opened.created)
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space}, KerasTuner "
           f"{tuner}, files in {directory}/)", file=sys.stderr)
     n_trials = budget(args, opened.settings.n_trials)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -10,12 +11,14 @@ from optuna.trial import TrialState
 
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.engines.kerastuner.engine import (
-    StudyRecorder, kerastuner_hyperparameters, optuna_distributions, params_from_values, whole_curve,
+    StudyRecorder, checked_project_dir, kerastuner_hyperparameters, optuna_distributions, params_from_values,
+    project_dir, whole_curve,
 )
 from cifar_hpo.search.models.training import TrainResult
 from cifar_hpo.spaces import build_space
 from cifar_hpo.spaces.bounds import space_bounds, suggest_params
 from cifar_hpo.spaces.cnn import BASELINE
+from cifar_hpo.storage.names import safe_filename
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -154,7 +157,7 @@ def test_tiny_hyperband_search_end_to_end(tiny_npz: Path, tmp_path: Path, monkey
     assert last.user_attrs["initial_epoch"] == 1 and last.user_attrs["epochs_trained"] == 2
     assert trials[last.user_attrs["continues_trial"]].params == last.params
     assert last.value == pytest.approx(max(last.intermediate_values.values()))
-    assert (tmp_path / "kerastuner" / "kt" / "oracle.json").exists()
+    assert (tmp_path / "kerastuner" / safe_filename("kt") / "oracle.json").exists()
     # The report reads the recorded trials like any study's, and names the engine that chose them.
     assert main(["report", "--study", "kt", "--storage", url, "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
@@ -163,3 +166,90 @@ def test_tiny_hyperband_search_end_to_end(tiny_npz: Path, tmp_path: Path, monkey
     assert main([*common, "--tuner", "random"]) == 2
     assert main([*common, "--sampler", "random"]) == 2
     assert len(optuna.load_study(study_name="kt", storage=url).get_trials()) == 4
+
+
+UNSAFE_NAMES = ["..", ".", "a/b", "/abs", "../../escape", "été", "a b", "a_b"]
+
+
+def test_project_dir_is_always_a_distinct_folder_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "kerastuner"
+    dirs = [project_dir(name, resume=False, root=root) for name in ["normal", *UNSAFE_NAMES]]
+    assert len(set(dirs)) == len(dirs)  # names that slug alike ("a b", "a_b", "a/b") stay apart
+    for directory in dirs:
+        assert directory.parent == root and directory.resolve().parent == root.resolve()
+        assert not directory.name.startswith(".") and "/" not in directory.name
+        assert checked_project_dir(directory, root) == directory
+
+
+def test_unsafe_project_dirs_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "kerastuner"
+    (root / "x").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path)
+    for bad in (root / "..", root / ".", root / "x" / "..", root / "link"):
+        with pytest.raises(ConfigError, match="refusing"):
+            checked_project_dir(bad, root)
+
+
+def test_resumed_study_keeps_its_old_project_folder_only_when_unambiguous(tmp_path: Path) -> None:
+    root = tmp_path / "kerastuner"
+    for old in ("kt", "a_b", ".."):
+        (root / old).mkdir(parents=True, exist_ok=True)
+        (root / old / "oracle.json").write_text("{}")
+    assert project_dir("kt", resume=True, root=root) == root / "kt"  # written by an earlier version
+    assert project_dir("kt", resume=False, root=root) == root / safe_filename("kt")  # a new study never reuses it
+    assert project_dir("a b", resume=True, root=root) == root / safe_filename("a b")  # "a_b" may be another's
+    assert project_dir("..", resume=True, root=root) == root / safe_filename("..")
+    (root / safe_filename("kt")).mkdir()
+    assert project_dir("kt", resume=True, root=root) == root / safe_filename("kt")  # the new folder wins
+
+
+def _sandboxed_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_npz: Path) -> tuple[Path, Any]:
+    """A working directory with a sentinel file and hpo.db, inside tmp_path: on the old code, the deletion
+    these tests catch stays inside tmp_path. Returns it and a function running a 1-trial search there."""
+    from cifar_hpo.search.cli import main
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    monkeypatch.chdir(sandbox)
+    (sandbox / "tiny.toml").write_text(TINY_SPACE)
+    (sandbox / "keep.txt").write_text("mine")
+
+    def search(name: str) -> int:
+        return main(["search", "--engine", "kerastuner", "--tuner", "random", "--study", name, "--storage",
+                     f"sqlite:///{sandbox}/hpo.db", "--space", "cnn", "--data", str(tiny_npz), "--subset", "60",
+                     "--val-size", "30", "--epochs", "1", "--n-trials", "1",
+                     "--space-config", str(sandbox / "tiny.toml")])
+
+    return sandbox, search
+
+
+def test_study_dot_dot_never_deletes_the_working_directory(tiny_npz: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--study ..` used to make KerasTuner's overwrite remove `kerastuner/..`: the working directory."""
+    sandbox, search = _sandboxed_search(tmp_path, monkeypatch, tiny_npz)
+    assert search("normal") == 0  # makes kerastuner/, as a user's earlier study would have
+    try:
+        rc = search("..")
+    finally:  # checked even if it raised: the old code emptied the sandbox, then failed to remove `..` itself
+        assert (sandbox / "keep.txt").read_text() == "mine" and (sandbox / "hpo.db").exists()
+    assert rc == 0
+    for name in ("normal", ".."):
+        assert (sandbox / "kerastuner" / safe_filename(name) / "oracle.json").exists(), name
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{sandbox}/hpo.db")
+        assert len(study.get_trials()) == 1
+
+
+def test_unsafe_study_names_keep_to_their_own_project(tiny_npz: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--study .` used to remove every study's KerasTuner project; `a/b` and `/abs` stay inside kerastuner/."""
+    sandbox, search = _sandboxed_search(tmp_path, monkeypatch, tiny_npz)
+    names = ["normal", ".", "a/b", "/abs"]
+    for i, name in enumerate(names):
+        assert search(name) == 0, name
+        assert (sandbox / "keep.txt").read_text() == "mine" and (sandbox / "hpo.db").exists(), name
+        # every study's project survives every later search, each in its own folder directly in kerastuner/
+        assert len(list((sandbox / "kerastuner").glob("*/oracle.json"))) == i + 1, name
+    projects = [p.name for p in (sandbox / "kerastuner").iterdir() if p.is_dir()]
+    assert sorted(projects) == sorted(safe_filename(n) for n in names)
+    made = sorted(p.name for p in sandbox.iterdir() if not p.name.startswith("hpo.db"))  # -wal, -shm
+    assert made == ["keep.txt", "kerastuner", "tiny.toml"]  # nothing written beside kerastuner/

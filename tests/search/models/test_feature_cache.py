@@ -12,7 +12,9 @@ import pytest
 
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.cli import main
-from cifar_hpo.search.models.feature_cache import CacheKey, FeatureCache, array_fingerprint, default_cache, disk_entries, weights_identity
+from cifar_hpo.search.models.feature_cache import (
+    MARKER, CacheKey, FeatureCache, array_fingerprint, default_cache, disk_entries, weights_identity,
+)
 
 KEY = CacheKey(weights="imagenet", input_size=75, cut="mixed8", data="abc")
 
@@ -46,7 +48,7 @@ def test_memory_cache_computes_once_and_stores_float16() -> None:
 def test_disk_cache_is_shared_by_a_new_process_cache_and_written_atomically(tmp_path: Path) -> None:
     value = np.random.default_rng(0).normal(size=(5, 2, 2, 3)).astype("float32")
     FeatureCache(directory=tmp_path).put(KEY, value)
-    assert [p.suffix for p in sorted(tmp_path.iterdir())] == [".json", ".npy"]  # no .tmp left behind
+    assert [p.suffix for p in sorted(tmp_path.iterdir())] == [".json", ".npy", ".tag"]  # no .tmp left behind
     fresh = FeatureCache(directory=tmp_path)
     compute, calls = counting(value * 0)
     loaded = fresh.get_or_compute(KEY, compute)
@@ -117,10 +119,63 @@ def test_hpo_cache_shows_prunes_and_clears(tmp_path: Path, monkeypatch: pytest.M
     assert len(disk_entries(tmp_path / "features")) == 3
     assert not (tmp_path / "features" / f"{keys[3].token()}.npy").exists()
     assert main(["cache", "--clear"]) == 0
-    assert "3 entries" in capsys.readouterr().out and list((tmp_path / "features").iterdir()) == []
+    assert "3 entries" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "features").iterdir()] == [MARKER]  # still a cache, an empty one
     assert main(["cache", "--max-gb", "-1"]) == 2
     monkeypatch.setenv("HPO_CACHE_MAX_GB", "lots")
     assert main(["cache"]) == 2 and "HPO_CACHE_MAX_GB" in capsys.readouterr().err
+
+
+def _user_folder(folder: Path) -> dict[str, bytes]:
+    """The issue's folder: files of the user's own, none written by the cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "mydata.npy", np.arange(10))
+    (folder / "mydata.json").write_text('{"what": "my labels"}')
+    np.save(folder / "other.npy", np.ones(3))
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("action", [[], ["--clear"], ["--max-gb", "0"]])
+def test_hpo_cache_refuses_a_folder_that_is_not_a_cache(tmp_path: Path, action: list[str],
+                                                         capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "mine"
+    before = _user_folder(folder)
+    assert main(["cache", "--dir", str(folder), *action]) == 2
+    err = capsys.readouterr().err
+    assert "not a feature cache" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_cache_deletes_only_its_own_entries_beside_user_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """$HPO_CACHE_DIR pointed at a folder of the user's: clear, --max-gb and the automatic pruning spare it."""
+    folder = tmp_path / "mine"
+    before = _user_folder(folder)
+    fake = folder / f"{'ab' * 16}.npy"  # named like an entry, with a sidecar whose key does not hash to it
+    np.save(fake, np.zeros(5))
+    fake.with_suffix(".json").write_text('{"weights": "imagenet", "input_size": 75, "cut": "mixed8", "data": "x", '
+                                         '"view": "clean", "dtype": "float16", "shape": [5]}')
+    before.update({p.name: p.read_bytes() for p in (fake, fake.with_suffix(".json"))})
+    cache = FeatureCache(directory=folder, memory_bytes=0, max_disk_bytes=1)  # prunes after every write
+    keys = [dataclasses.replace(KEY, data=str(i)) for i in range(3)]
+    for key in keys:
+        cache.put(key, np.zeros(1000))
+    assert [e.path.stem for e in disk_entries(folder)] == [keys[-1].token()]  # pruned its own entries only
+    cache.put(keys[0], np.zeros(1000))
+    assert main(["cache", "--dir", str(folder), "--max-gb", "0"]) == 0
+    assert main(["cache", "--dir", str(folder), "--clear"]) == 0
+    assert disk_entries(folder) == []
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != MARKER} == before
+
+
+def test_a_cache_written_before_the_marker_is_still_recognised(tmp_path: Path) -> None:
+    """Entries of the earlier version (no marker file) are the cache's by their sidecars, and can be cleared."""
+    folder = tmp_path / "features"
+    FeatureCache(directory=folder).put(KEY, np.zeros(10))
+    (folder / MARKER).unlink(missing_ok=True)  # (a compatibility test: the old code passes it too)
+    (folder / "notes.txt").write_text("mine")
+    assert main(["cache", "--dir", str(folder), "--clear"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_fingerprint_follows_the_data_selection() -> None:
