@@ -22,7 +22,7 @@ from cifar_hpo.search.cli import main
 from cifar_hpo.search.models.data import CLASS_NAMES
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.storage.names import safe_filename
-from tests.test_report_helpers import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
+from hpo_testkit import SMALL_CNN, make_study, make_trial, sqlite_url, store_fake_evaluation
 
 SETTINGS = StudySettings(space="cnn", data="/nowhere/cifar.npz", data_fingerprint="abc123", val_size=100, epochs=3)
 
