@@ -4,7 +4,7 @@ Strategies, each on the `cnn` space with the same data split per seed and an equ
   a) the service's default: TPE + Hyperband pruning, seed baseline enqueued first, run through the service's
      own Objective and run_worker (what `hpo search` runs);
   b) random search without pruning (no baseline);
-  c) KerasTuner Hyperband through `--engine kerastuner` (cifar_hpo.search.engines.kerastuner.engine; no baseline);
+  c) KerasTuner Hyperband through `--engine kerastuner` (cifar_hpo.search.engines.kerastuner; no baseline);
 plus the seed baseline trained alone with the same data and max epochs.
 
 Budget: epochs actually trained, counted per trial (a pruned trial counts the epochs it ran; a KerasTuner
@@ -133,7 +133,7 @@ def run_optuna(opened: Any, budget: int) -> None:
 
 
 def run_kerastuner(opened: Any, budget: int, workdir: Path) -> None:
-    from cifar_hpo.search.engines.kerastuner.engine import run_search
+    from cifar_hpo.search.engines.kerastuner.tuner import run_search
 
     run_search(opened, "hyperband", n_trials=None, timeout=None, directory=workdir / opened.study.study_name,
                root=workdir, stop=lambda study: "budget" if epochs_used(study) >= budget else None)

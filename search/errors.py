@@ -11,3 +11,8 @@ class ConfigError(Exception):
 
 class MissingMetricError(RuntimeError):
     """The monitored metric is absent from the epoch logs: pruning would silently never happen."""
+
+
+class SearchStopped(RuntimeError):
+    """A search cannot go on: too many trials failed in a row (something is wrong with the setup, not one
+    trial), or the storage keeps failing. The command exits 1; every finished trial stays stored."""

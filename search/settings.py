@@ -114,10 +114,15 @@ def make_sampler(settings: StudySettings, worker_index: int = 0, generation: int
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
 
 
+# Hyperband keeps the best 1/3 at each rung (the KerasTuner engine's Hyperband uses the same factor).
+HYPERBAND_REDUCTION_FACTOR = 3
+
+
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     """Hyperband over epochs (default), median, or none. Steps are epochs completed (1..epochs)."""
     if settings.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs,
+                                              reduction_factor=HYPERBAND_REDUCTION_FACTOR)
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return optuna.pruners.NopPruner()

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError, SearchStopped
 from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
 from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
@@ -139,20 +139,67 @@ def run(args: argparse.Namespace) -> int:
     if args.tuner is not None and args.engine != "kerastuner":
         raise ConfigError("--tuner applies to --engine kerastuner only")
     if (args.engine or "optuna") == "kerastuner":
-        from cifar_hpo.search.engines.kerastuner.engine import run_kerastuner  # lazy: keras-tuner is only needed here
-
         return run_kerastuner(args, given)
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
     if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
-        from cifar_hpo.search.engines.kerastuner.engine import run_opened
-
-        return run_opened(args, opened)
+        return run_kerastuner_opened(args, opened)
     for note in opened.notes:
         print(f"hpo search: {note}", file=sys.stderr)
     verb = "created" if opened.created else "resumed"
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
     return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)
+
+
+# `--engine kerastuner`: the same study flow, with KerasTuner choosing the trials (keras-tuner imported lazily).
+
+def run_kerastuner(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    """`hpo search --engine kerastuner`: create/resume the study as the Optuna engine does, run KerasTuner."""
+    from cifar_hpo.search.engines.kerastuner.tuner import TUNERS
+    from cifar_hpo.search.study_setup import open_hpo_study
+
+    for flag in ("sampler", "pruner"):
+        if given.get(flag) is not None:
+            raise ConfigError(f"--{flag} applies to the optuna engine; with --engine kerastuner, --tuner "
+                              "(hyperband, bayesian or random) decides sampling and early stopping")
+    if getattr(args, "tuner", None) is not None and args.tuner not in TUNERS:
+        raise ConfigError(f"--tuner must be one of {list(TUNERS)}, but got {args.tuner!r}")
+    opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
+                            space_config=args.space_config)
+    for note in opened.notes:
+        print(f"hpo search: {note}", file=sys.stderr)
+    return run_kerastuner_opened(args, opened)
+
+
+def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
+    """Run KerasTuner on a study already opened by `hpo search` (e.g. a resume that left out --engine)."""
+    from cifar_hpo.search.cli.progress import StudyProgress
+    from cifar_hpo.search.engines.kerastuner.recorder import ENGINE
+    from cifar_hpo.search.engines.kerastuner.tuner import project_dir, run_search, tuner_for
+    from cifar_hpo.search.runtime.worker import count_trials
+
+    if opened.settings.engine != ENGINE:
+        raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
+    tuner = tuner_for(opened.study, getattr(args, "tuner", None))
+    verb = "created" if opened.created else "resumed"
+    directory = project_dir(args.study, resume=not opened.created)
+    print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space}, KerasTuner "
+          f"{tuner}, files in {directory}/)", file=sys.stderr)
+    n_trials = budget(args, opened.settings.n_trials)
+    study = opened.study
+    progress = StudyProgress(n_trials, args.study)
+    progress.show(count_trials(study))
+    try:
+        run_search(opened, tuner, n_trials=n_trials, timeout=args.timeout, directory=directory,
+                   on_trial_end=lambda: progress.show(count_trials(study)),
+                   on_note=lambda note: print(f"hpo search: {note}", file=sys.stderr))
+    except SearchStopped as err:
+        print(f"hpo: search stopped: {err}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    print(summary_line(study))
+    return 0
 
 
 def register(subparsers: Any) -> None:

@@ -153,13 +153,16 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 def fit_tracked(model: keras.Model, train_ds: Any, val_ds: Any, *, epochs: int, n_train: int,
-                trial: Reporter | None, step_offset: int = 0,
+                trial: Reporter | None, step_offset: int = 0, initial_epoch: int = 0,
                 callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
-    """``model.fit`` with per-epoch reporting to the trial and timing; never raises TrialPruned itself."""
+    """``model.fit`` with per-epoch reporting to the trial and timing; never raises TrialPruned itself.
+
+    ``initial_epoch`` continues an earlier run (epochs count from it, as Keras does); the result holds the
+    epochs run here."""
     pruning, timer = PruningCallback(trial, step_offset=step_offset), EpochTimer()
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-                        callbacks=[timer, pruning, *(callbacks or [])])
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+                        shuffle=False, callbacks=[timer, pruning, *(callbacks or [])])
     fit_seconds = time.perf_counter() - start
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},

@@ -10,13 +10,12 @@ import pytest
 from optuna.trial import TrialState
 
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.search.engines.kerastuner.engine import (
-    StudyRecorder, checked_project_dir, kerastuner_hyperparameters, optuna_distributions, params_from_values,
-    project_dir, whole_curve,
-)
+from cifar_hpo.search.engines.kerastuner.recorder import StudyRecorder, whole_curve
+from cifar_hpo.search.engines.kerastuner.translate import kerastuner_hyperparameters, params_from_values
+from cifar_hpo.search.engines.kerastuner.tuner import checked_project_dir, project_dir
 from cifar_hpo.search.models.training import TrainResult
 from cifar_hpo.spaces import build_space
-from cifar_hpo.spaces.bounds import space_bounds, suggest_params
+from cifar_hpo.spaces.bounds import optuna_distributions, space_bounds, suggest_params
 from cifar_hpo.spaces.cnn import BASELINE
 from cifar_hpo.storage.names import safe_filename
 
