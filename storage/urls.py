@@ -41,9 +41,29 @@ SQLITE_BUSY_TIMEOUT_S = 60
 MEMORY_URL = "memory://"
 
 
+# A query-string or libpq keyword that carries a password (postgresql://h/db?password=..., "password=...").
+_PASSWORD_KEYS = ("password", "pass", "passwd", "pwd")
+_LOOSE_USERINFO = re.compile(r"([a-z][\w+.-]*://[^:/@\s]*):\S*@", re.IGNORECASE)  # greedy: to the last @
+_LOOSE_KEYWORD = re.compile(r"\b(" + "|".join(_PASSWORD_KEYS) + r")(\s*=\s*)('[^']*'|[^&\s]*)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for every message, log line and report."""
-    return re.sub(r"(://[^:/@]+:)[^/]*@", r"\1***@", url)  # greedy: up to the last @ of the netloc
+    """The URL with any password (user info or query string) replaced by ***, for every message, log line
+    and report. Text that is not a URL SQLAlchemy parses cleanly is masked by pattern, more than needed
+    rather than less: a password with an unencoded / or @ must not leak through a bad parse."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _mask_loosely(str(url))
+    if "@" in (parsed.host or "") or "@" in (parsed.database or "") or ("@" in url and not parsed.host):
+        return _mask_loosely(url)  # an unencoded @ in the password: SQLAlchemy split it at the wrong @
+    query = {key: ("***" if key.lower() in _PASSWORD_KEYS else value) for key, value in parsed.query.items()}
+    masked = parsed.set(query=query).render_as_string(hide_password=True)
+    return masked.replace("%2A%2A%2A", "***")  # the query's *** comes back percent-encoded
+
+
+def _mask_loosely(text: str) -> str:
+    return _LOOSE_KEYWORD.sub(r"\1\2***", _LOOSE_USERINFO.sub(r"\1:***@", text))
 
 
 def is_memory(url: str) -> bool:
@@ -64,10 +84,10 @@ def normalize_url(url: str) -> str:
         return MEMORY_URL
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. an unencoded ':' or '@' in the password
         raise ConfigError(
             f"storage URL {mask_url(url)!r} is not a database URL; use sqlite:///hpo.db or "
-            "postgresql://USER[:PASSWORD]@HOST:PORT/DB"
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode / : @ in a password, or set PGPASSWORD)"
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
