@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from search.errors import ConfigError
 
@@ -33,6 +34,9 @@ def _quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines
+    # Heartbeats and stale-trial retries are Optuna "experimental" APIs this service relies on on purpose; the
+    # command (not the storage library code, which scopes its own filter) silences that warning process-wide.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

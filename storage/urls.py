@@ -104,15 +104,29 @@ def normalize_url(url: str) -> str:
     raise ConfigError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
 
 
-def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
+class SqliteConnect:
+    """The engine's connection factory for one SQLite file: a class, not a closure, so the storage pickles
+    (Optuna's storage contract) and the unpickled engine connects the same way."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
                                isolation_level=None)  # transactions begun explicitly, see _begin_immediate
-        _switch_to_wal(conn, path)
+        _switch_to_wal(conn, self.path)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    return connect
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SqliteConnect) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+def _begin_immediate(conn: sqlalchemy.engine.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -174,7 +188,20 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose idempotent calls are retried when the server dropped the connection.
 
     Creating a trial is not retried (a retry could create two); the worker loop handles that failure.
+    On SQLite every transaction begins with BEGIN IMMEDIATE, also on the engine an unpickled copy builds.
     """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._prepare_engine()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # builds a new engine from url and engine_kwargs, without listeners
+        self._prepare_engine()
+
+    def _prepare_engine(self) -> None:
+        if self.engine.dialect.name == "sqlite" and not event.contains(self.engine, "begin", _begin_immediate):
+            event.listen(self.engine, "begin", _begin_immediate)
 
     _IDEMPOTENT = (
         "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
@@ -208,8 +235,9 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
     url = normalize_url(url)
     if url == MEMORY_URL:
         return optuna.storages.InMemoryStorage()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable enough
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
+    with warnings.catch_warnings():  # heartbeats are stable enough; the caller's warning filters stay as they were
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
     # Optuna types grace_period as int but only uses it in a timedelta, so 1.5 intervals is kept exact.
     common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, grace_period=stale_grace_seconds(heartbeat_interval),
                                   heartbeat_stale_trial_callback=retry)
@@ -217,7 +245,7 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
     if path is not None and not create and not path.exists():
         raise ConfigError(f"SQLite storage {str(path)!r} does not exist; check --storage")
     if path is not None:
-        engine_kwargs: dict[str, Any] = {"creator": _sqlite_creator(path)}
+        engine_kwargs: dict[str, Any] = {"creator": SqliteConnect(path)}
     else:
         engine_kwargs = {
             "pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 600,
@@ -229,8 +257,6 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
         raise ConfigError(f"cannot open storage {mask_url(url)}: {_first_line(err)}") from None
     except ImportError as err:
         raise ConfigError(f"storage {mask_url(url)} needs a driver: {err}; pip install 'cifar-hpo[postgres]'") from None
-    if path is not None:
-        event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage
 
 
@@ -242,7 +268,9 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], common: dict[str, Any], a
     connection, a failed login or a missing database fail at once (they are configuration errors)."""
     for attempt in range(attempts):
         try:
-            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **common)
+            with warnings.catch_warnings():  # RDBStorage warns that heartbeat_interval is experimental
+                warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **common)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
             transient = any(text in _first_line(err) for text in TRANSIENT_OPEN_ERRORS)
             if not transient or attempt == attempts - 1:
