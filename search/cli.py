@@ -49,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"hpo {args.command}: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except Exception as err:
+        from storage.urls import mask_url, storage_fault  # lazy: the CLI's start-up stays light
+
+        fault = storage_fault(err)  # disk full, read-only, ... hit outside a worker loop (opening, reading)
+        if fault is None:
+            raise
+        where = f" {mask_url(args.storage)}" if isinstance(getattr(args, "storage", None), str) else ""
+        print(f"hpo {args.command}: error: storage{where}: {fault}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         print(f"hpo {args.command}: interrupted; a trial that was running is marked FAIL. "
               "Run the same command again to resume.", file=sys.stderr)

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:
         print(f"hpo launch: worker(s) {failed} exited with codes {[codes[i] for i in failed]}", file=sys.stderr)
-        return 1
+        return 2 if all(codes[i] == 2 for i in failed) else 1  # 2: each printed its configuration/storage error
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 _logger = logging.getLogger(__name__)
 
-EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 # "Hand over to a fresh process": 100 + how many of the worker's last trials failed in a row, so the
 # consecutive-failure limit holds across processes (a setup that fails every trial must stop the worker).
 EXIT_RECYCLE = 100
@@ -84,6 +84,9 @@ def _run_child(job: ChildJob) -> int:
     try:
         outcome = run_worker(opened.study, objective, n_trials=job.n_trials, timeout=timeout,
                              max_trials=job.recycle_after, failures_in_a_row=job.failures_in_a_row)
+    except ConfigError as err:  # e.g. StorageError: the disk is full; the user fixes it and resumes
+        print(f"hpo: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except RuntimeError as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -138,7 +141,7 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if carried is not None:
             job = dataclasses.replace(job, failures_in_a_row=carried)
             continue
-        if code in (EXIT_DONE, EXIT_FAILED):
+        if code in (EXIT_DONE, EXIT_FAILED, EXIT_CONFIG):
             return code
         if code == EXIT_INTERRUPTED or code == -signal.SIGTERM:
             raise KeyboardInterrupt

@@ -148,23 +148,99 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
                         "or PostgreSQL for several workers", path, mode)
 
 
+# PostgreSQL SQLSTATEs of a connection that is gone: class 08 (connection exception) and the server's
+# admin_shutdown, crash_shutdown and cannot_connect_now.
+_DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
+# SQLAlchemy's "Can't reconnect until invalid transaction is rolled back": the connection died mid-transaction.
+_INVALID_TRANSACTION_CODE = "8s2b"
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: explicit and implicit causes, and the DBAPI error under SQLAlchemy's."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop(0)
+        if cause is None or any(cause is known for known in seen):
+            continue
+        seen.append(cause)
+        todo += [getattr(cause, "orig", None), cause.__cause__, cause.__context__]
+    return seen
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    """psycopg's SQLSTATE of a server error (None for sqlite3 and for client-side failures)."""
+    sqlstate = getattr(err, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
 def _is_disconnect(err: BaseException) -> bool:
-    """A lost or invalidated connection (worth a retry on a fresh one), not a bad query or bad data."""
-    for cause in (err, err.__cause__):
-        if isinstance(cause, sqlalchemy.exc.PendingRollbackError):  # a dead connection's transaction
+    """A lost or invalidated connection (worth a retry on a fresh one), not a bad query, a full disk,
+    a read-only file or any other error that the same call would hit again."""
+    for cause in _causes(err):
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True  # SQLAlchemy's dialect judged it a disconnect (server gone, connection reset, ...)
+        if isinstance(cause, sqlalchemy.exc.PendingRollbackError) and cause.code == _INVALID_TRANSACTION_CODE:
             return True
-        if isinstance(cause, sqlalchemy.exc.DBAPIError) and (
-            cause.connection_invalidated or isinstance(cause, sqlalchemy.exc.OperationalError)
-        ):
+        sqlstate = _sqlstate(cause)
+        if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _DISCONNECT_SQLSTATES):
             return True
     return False
+
+
+# (SQLite result code, PostgreSQL SQLSTATE, what went wrong, what to do) of faults that no retry cures.
+_FAULTS: tuple[tuple[tuple[str, ...], tuple[str, ...], str, str], ...] = (
+    (("SQLITE_FULL",), ("53100",), "the disk is full", "free disk space, then run the same command to resume"),
+    (("SQLITE_READONLY",), ("25006",), "the database is read-only",
+     "make the database file and its folder writable (or use another --storage), then resume"),
+    (("SQLITE_PERM", "SQLITE_AUTH", "SQLITE_CANTOPEN"), ("42501",), "permission denied",
+     "give this user write access to the database, then resume"),
+    (("SQLITE_CORRUPT", "SQLITE_NOTADB"), ("XX001", "XX002"), "the database file is damaged",
+     "restore it from a backup or use another --storage"),
+    (("SQLITE_IOERR",), ("58030",), "the disk failed to read or write", "check the disk, then resume"),
+    ((), ("42P01", "42703", "42704"), "the tables are not Optuna's schema",
+     "point --storage at an hpo/Optuna database, or run `optuna storage upgrade` on it"),
+)
+_SQLITE_SCHEMA_ERRORS = ("no such table", "no such column", "has no column named")
+
+
+def storage_fault(err: BaseException) -> str | None:
+    """What is wrong, in one line, when ``err`` comes from a storage fault that retrying cannot fix (disk
+    full, read-only, permission denied, damaged file, foreign schema); None for anything else."""
+    for cause in _causes(err):
+        name = getattr(cause, "sqlite_errorname", None) if isinstance(cause, sqlite3.Error) else None
+        if name is not None:
+            name = "_".join(name.split("_")[:2])  # extended codes: SQLITE_IOERR_WRITE -> SQLITE_IOERR
+        sqlstate = _sqlstate(cause)
+        for names, sqlstates, what, todo in _FAULTS:
+            if (name is not None and name in names) or (sqlstate is not None and sqlstate in sqlstates):
+                return f"{what} ({database_message(cause)}); {todo}"
+        if isinstance(cause, sqlite3.OperationalError) and any(t in str(cause) for t in _SQLITE_SCHEMA_ERRORS):
+            return f"the tables are not Optuna's schema ({database_message(cause)}); point --storage at an " \
+                   "hpo/Optuna database"
+    return None
+
+
+def database_message(err: BaseException) -> str:
+    """The database's own first line about ``err`` (not Optuna's generic "... e.g. exceeding max length")."""
+    for cause in _causes(err):
+        if _is_dbapi_error(cause):
+            lines = str(cause).strip().splitlines()
+            return mask_url(lines[0] if lines else type(cause).__name__)
+    return _first_line(err)
+
+
+def _is_dbapi_error(err: BaseException) -> bool:
+    """A driver's own error (sqlite3's or psycopg's), the innermost layer of a storage failure."""
+    return isinstance(err, sqlite3.Error) or type(err).__module__.startswith("psycopg")
 
 
 RETRYABLE = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.PendingRollbackError)
 
 
 def retry_on_disconnect(method: Callable[..., Any], attempts: int = 5) -> Callable[..., Any]:
-    """Retry ``method(storage, ...)`` on a fresh session when the server dropped the connection."""
+    """Retry ``method(storage, ...)`` on a fresh session when the server dropped the connection; any other
+    error (a full disk, a read-only file) is raised at once, since the same call would fail again."""
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -199,6 +275,18 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         super().__setstate__(state)  # builds a new engine from url and engine_kwargs, without listeners
         self._prepare_engine()
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Retried like the idempotent calls; a storage fault (disk full, read-only) is logged, not raised:
+        raised, it would end Optuna's heartbeat thread with a traceback, while the worker loop reports the
+        same fault in one line (the silent trial is failed as stale later)."""
+        try:
+            _record_heartbeat(self, trial_id)
+        except RETRYABLE as err:
+            fault = storage_fault(err)
+            if fault is None:
+                raise
+            _logger.warning("heartbeat of trial %d not recorded: %s", trial_id, fault)
+
     def _prepare_engine(self) -> None:
         if self.engine.dialect.name == "sqlite" and not event.contains(self.engine, "begin", _begin_immediate):
             event.listen(self.engine, "begin", _begin_immediate)
@@ -209,11 +297,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "set_study_user_attr", "set_study_system_attr", "record_heartbeat", "_get_stale_trial_ids",
+        "set_study_user_attr", "set_study_system_attr", "_get_stale_trial_ids",
         "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
     )
 
 
+_record_heartbeat = retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)
 for _name in ResilientRDBStorage._IDEMPOTENT:
     if hasattr(optuna.storages.RDBStorage, _name):
         setattr(ResilientRDBStorage, _name, retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
