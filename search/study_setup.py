@@ -15,6 +15,7 @@ from cifar_hpo.search.settings import StudySettings, absolute_data_path, make_pr
 from cifar_hpo.spaces import build_space, get_space_module, load_overrides
 from cifar_hpo.spaces.bounds import outside_bounds
 from cifar_hpo.storage import make_storage, open_study, study_exists
+from cifar_hpo.storage.studies import create_or_load_study
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S
 
 
@@ -37,6 +38,8 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
     """``given`` holds the flags passed (None: join an existing study, never create).
 
     Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched.
+    Two processes creating the same study at once: one creates it (settings, note, baseline); the other
+    then resumes it, with the same settings check (and conflict error) as any resuming command.
     """
     storage = make_storage(url, heartbeat_interval=heartbeat_interval, create=given is not None)
     exists = study_exists(storage, name)
@@ -51,7 +54,37 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
             given = {**(given or {}), "space_overrides": load_overrides(space_config, space_name)}
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None
-    settings = resolve(stored, given or {})
+    settings, space = _settings(stored, given or {}, data_override)
+    data = load_study_data(settings, None, f"study {name!r}")
+    settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
+    split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+    notes: list[str] = []
+    if exists:
+        return OpenedStudy(_load(storage, name, settings, worker_index, generation), settings, split, False, notes)
+
+    def prepare(study: optuna.Study) -> None:  # runs only in the process that creates the study
+        annotate_new_study(study, settings, space)
+        note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
+        if note:
+            notes.append(note)
+
+    study, created = create_or_load_study(storage, name, settings.to_attrs(),
+                                          sampler=make_sampler(settings, worker_index, generation),
+                                          pruner=make_pruner(settings), prepare=prepare)
+    if not created:  # another process created it since our check: resume it, refused if the settings differ
+        stored = StudySettings.from_study(study)
+        settings, _ = _settings(stored, given or {}, data_override)
+        check_fingerprint(settings, data.fingerprint(), settings.data, f"study {name!r}")
+        settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
+        split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
+        study = _load(storage, name, settings, worker_index, generation)
+    return OpenedStudy(study, settings, split, created=created, notes=notes)
+
+
+def _settings(stored: StudySettings | None, given: dict[str, Any],
+              data_override: str | None) -> tuple[StudySettings, Any]:
+    """This command's settings (stored ones checked against ``given``) and the search space they define."""
+    settings = resolve(stored, given)
     if data_override is not None:
         settings = dataclasses.replace(settings, data=absolute_data_path(data_override))
     try:
@@ -62,31 +95,28 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
         from cifar_hpo.search.models.inception import check_weights
 
         check_weights(settings.weights)
-    data = load_study_data(settings, None, f"study {name!r}")
-    settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
-    split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
-    study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
-                       sampler=make_sampler(settings, worker_index, generation), pruner=make_pruner(settings))
-    notes = []
-    if not exists:
-        annotate_new_study(study, settings, space)
-        note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
-        if note:
-            notes.append(note)
-    return OpenedStudy(study, settings, split, created=not exists, notes=notes)
+    return settings, space
+
+
+def _load(storage: Any, name: str, settings: StudySettings, worker_index: int, generation: int) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings, worker_index, generation),
+                             pruner=make_pruner(settings))
 
 
 def load_study_data(settings: StudySettings, data_override: str | None, what: str) -> Cifar10:
     """The study's data (or ``data_override``), refused when its fingerprint is not the one ``what`` ran on."""
     path = absolute_data_path(data_override) if data_override else settings.data
     data = load_cifar10(path)
-    fingerprint = data.fingerprint()
+    check_fingerprint(settings, data.fingerprint(), path, what)
+    return data
+
+
+def check_fingerprint(settings: StudySettings, fingerprint: str, path: str | None, what: str) -> None:
     if settings.data_fingerprint not in (None, fingerprint):
         raise ConfigError(
             f"the data at {path or 'keras.datasets.cifar10'} (fingerprint {fingerprint}) is not the data {what} "
             f"was run on ({settings.data_fingerprint}); pass --data with that data"
         )
-    return data
 
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:

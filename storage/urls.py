@@ -26,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.storage.errors import StorageError
 
 _logger = logging.getLogger(__name__)
 
@@ -41,9 +41,29 @@ SQLITE_BUSY_TIMEOUT_S = 60
 MEMORY_URL = "memory://"
 
 
+# A query-string or libpq keyword that carries a password (postgresql://h/db?password=..., "password=...").
+_PASSWORD_KEYS = ("password", "pass", "passwd", "pwd")
+_LOOSE_USERINFO = re.compile(r"([a-z][\w+.-]*://[^:/@\s]*):\S*@", re.IGNORECASE)  # greedy: to the last @
+_LOOSE_KEYWORD = re.compile(r"\b(" + "|".join(_PASSWORD_KEYS) + r")(\s*=\s*)('[^']*'|[^&\s]*)", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for every message, log line and report."""
-    return re.sub(r"(://[^:/@]+:)[^/]*@", r"\1***@", url)  # greedy: up to the last @ of the netloc
+    """The URL with any password (user info or query string) replaced by ***, for every message, log line
+    and report. Text that is not a URL SQLAlchemy parses cleanly is masked by pattern, more than needed
+    rather than less: a password with an unencoded / or @ must not leak through a bad parse."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _mask_loosely(str(url))
+    if "@" in (parsed.host or "") or "@" in (parsed.database or "") or ("@" in url and not parsed.host):
+        return _mask_loosely(url)  # an unencoded @ in the password: SQLAlchemy split it at the wrong @
+    query = {key: ("***" if key.lower() in _PASSWORD_KEYS else value) for key, value in parsed.query.items()}
+    masked = parsed.set(query=query).render_as_string(hide_password=True)
+    return masked.replace("%2A%2A%2A", "***")  # the query's *** comes back percent-encoded
+
+
+def _mask_loosely(text: str) -> str:
+    return _LOOSE_KEYWORD.sub(r"\1\2***", _LOOSE_USERINFO.sub(r"\1:***@", text))
 
 
 def is_memory(url: str) -> bool:
@@ -64,35 +84,49 @@ def normalize_url(url: str) -> str:
         return MEMORY_URL
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(
+    except (ArgumentError, ValueError):  # ValueError: e.g. an unencoded ':' or '@' in the password
+        raise StorageError(
             f"storage URL {mask_url(url)!r} is not a database URL; use sqlite:///hpo.db or "
-            "postgresql://USER[:PASSWORD]@HOST:PORT/DB"
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode / : @ in a password, or set PGPASSWORD)"
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         path = sqlite_path(url)
         if path is None:
-            raise ConfigError("an in-memory SQLite URL is not shared between processes; use memory:// or a file")
+            raise StorageError("an in-memory SQLite URL is not shared between processes; use memory:// or a file")
         if not path.parent.is_dir():
-            raise ConfigError(f"SQLite storage {mask_url(url)!r}: folder {str(path.parent)!r} does not exist")
+            raise StorageError(f"SQLite storage {mask_url(url)!r}: folder {str(path.parent)!r} does not exist")
         return f"sqlite:///{path}"
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         return parsed.render_as_string(hide_password=False)
-    raise ConfigError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    raise StorageError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
 
 
-def _sqlite_creator(path: Path) -> Callable[[], sqlite3.Connection]:
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
+class SqliteConnect:
+    """The engine's connection factory for one SQLite file: a class, not a closure, so the storage pickles
+    (Optuna's storage contract) and the unpickled engine connects the same way."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False,
                                isolation_level=None)  # transactions begun explicitly, see _begin_immediate
-        _switch_to_wal(conn, path)
+        _switch_to_wal(conn, self.path)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    return connect
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SqliteConnect) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+def _begin_immediate(conn: sqlalchemy.engine.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
@@ -114,23 +148,99 @@ def _switch_to_wal(conn: sqlite3.Connection, path: Path) -> None:
                         "or PostgreSQL for several workers", path, mode)
 
 
+# PostgreSQL SQLSTATEs of a connection that is gone: class 08 (connection exception) and the server's
+# admin_shutdown, crash_shutdown and cannot_connect_now.
+_DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
+# SQLAlchemy's "Can't reconnect until invalid transaction is rolled back": the connection died mid-transaction.
+_INVALID_TRANSACTION_CODE = "8s2b"
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: explicit and implicit causes, and the DBAPI error under SQLAlchemy's."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop(0)
+        if cause is None or any(cause is known for known in seen):
+            continue
+        seen.append(cause)
+        todo += [getattr(cause, "orig", None), cause.__cause__, cause.__context__]
+    return seen
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    """psycopg's SQLSTATE of a server error (None for sqlite3 and for client-side failures)."""
+    sqlstate = getattr(err, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
 def _is_disconnect(err: BaseException) -> bool:
-    """A lost or invalidated connection (worth a retry on a fresh one), not a bad query or bad data."""
-    for cause in (err, err.__cause__):
-        if isinstance(cause, sqlalchemy.exc.PendingRollbackError):  # a dead connection's transaction
+    """A lost or invalidated connection (worth a retry on a fresh one), not a bad query, a full disk,
+    a read-only file or any other error that the same call would hit again."""
+    for cause in _causes(err):
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True  # SQLAlchemy's dialect judged it a disconnect (server gone, connection reset, ...)
+        if isinstance(cause, sqlalchemy.exc.PendingRollbackError) and cause.code == _INVALID_TRANSACTION_CODE:
             return True
-        if isinstance(cause, sqlalchemy.exc.DBAPIError) and (
-            cause.connection_invalidated or isinstance(cause, sqlalchemy.exc.OperationalError)
-        ):
+        sqlstate = _sqlstate(cause)
+        if sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _DISCONNECT_SQLSTATES):
             return True
     return False
+
+
+# (SQLite result code, PostgreSQL SQLSTATE, what went wrong, what to do) of faults that no retry cures.
+_FAULTS: tuple[tuple[tuple[str, ...], tuple[str, ...], str, str], ...] = (
+    (("SQLITE_FULL",), ("53100",), "the disk is full", "free disk space, then run the same command to resume"),
+    (("SQLITE_READONLY",), ("25006",), "the database is read-only",
+     "make the database file and its folder writable (or use another --storage), then resume"),
+    (("SQLITE_PERM", "SQLITE_AUTH", "SQLITE_CANTOPEN"), ("42501",), "permission denied",
+     "give this user write access to the database, then resume"),
+    (("SQLITE_CORRUPT", "SQLITE_NOTADB"), ("XX001", "XX002"), "the database file is damaged",
+     "restore it from a backup or use another --storage"),
+    (("SQLITE_IOERR",), ("58030",), "the disk failed to read or write", "check the disk, then resume"),
+    ((), ("42P01", "42703", "42704"), "the tables are not Optuna's schema",
+     "point --storage at an hpo/Optuna database, or run `optuna storage upgrade` on it"),
+)
+_SQLITE_SCHEMA_ERRORS = ("no such table", "no such column", "has no column named")
+
+
+def storage_fault(err: BaseException) -> str | None:
+    """What is wrong, in one line, when ``err`` comes from a storage fault that retrying cannot fix (disk
+    full, read-only, permission denied, damaged file, foreign schema); None for anything else."""
+    for cause in _causes(err):
+        name = getattr(cause, "sqlite_errorname", None) if isinstance(cause, sqlite3.Error) else None
+        if name is not None:
+            name = "_".join(name.split("_")[:2])  # extended codes: SQLITE_IOERR_WRITE -> SQLITE_IOERR
+        sqlstate = _sqlstate(cause)
+        for names, sqlstates, what, todo in _FAULTS:
+            if (name is not None and name in names) or (sqlstate is not None and sqlstate in sqlstates):
+                return f"{what} ({database_message(cause)}); {todo}"
+        if isinstance(cause, sqlite3.OperationalError) and any(t in str(cause) for t in _SQLITE_SCHEMA_ERRORS):
+            return f"the tables are not Optuna's schema ({database_message(cause)}); point --storage at an " \
+                   "hpo/Optuna database"
+    return None
+
+
+def database_message(err: BaseException) -> str:
+    """The database's own first line about ``err`` (not Optuna's generic "... e.g. exceeding max length")."""
+    for cause in _causes(err):
+        if _is_dbapi_error(cause):
+            lines = str(cause).strip().splitlines()
+            return mask_url(lines[0] if lines else type(cause).__name__)
+    return _first_line(err)
+
+
+def _is_dbapi_error(err: BaseException) -> bool:
+    """A driver's own error (sqlite3's or psycopg's), the innermost layer of a storage failure."""
+    return isinstance(err, sqlite3.Error) or type(err).__module__.startswith("psycopg")
 
 
 RETRYABLE = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.PendingRollbackError)
 
 
 def retry_on_disconnect(method: Callable[..., Any], attempts: int = 5) -> Callable[..., Any]:
-    """Retry ``method(storage, ...)`` on a fresh session when the server dropped the connection."""
+    """Retry ``method(storage, ...)`` on a fresh session when the server dropped the connection; any other
+    error (a full disk, a read-only file) is raised at once, since the same call would fail again."""
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -154,7 +264,32 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose idempotent calls are retried when the server dropped the connection.
 
     Creating a trial is not retried (a retry could create two); the worker loop handles that failure.
+    On SQLite every transaction begins with BEGIN IMMEDIATE, also on the engine an unpickled copy builds.
     """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._prepare_engine()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # builds a new engine from url and engine_kwargs, without listeners
+        self._prepare_engine()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Retried like the idempotent calls; a storage fault (disk full, read-only) is logged, not raised:
+        raised, it would end Optuna's heartbeat thread with a traceback, while the worker loop reports the
+        same fault in one line (the silent trial is failed as stale later)."""
+        try:
+            _record_heartbeat(self, trial_id)
+        except RETRYABLE as err:
+            fault = storage_fault(err)
+            if fault is None:
+                raise
+            _logger.warning("heartbeat of trial %d not recorded: %s", trial_id, fault)
+
+    def _prepare_engine(self) -> None:
+        if self.engine.dialect.name == "sqlite" and not event.contains(self.engine, "begin", _begin_immediate):
+            event.listen(self.engine, "begin", _begin_immediate)
 
     _IDEMPOTENT = (
         "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
@@ -162,11 +297,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "set_study_user_attr", "set_study_system_attr", "record_heartbeat", "_get_stale_trial_ids",
+        "set_study_user_attr", "set_study_system_attr", "_get_stale_trial_ids",
         "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
     )
 
 
+_record_heartbeat = retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)
 for _name in ResilientRDBStorage._IDEMPOTENT:
     if hasattr(optuna.storages.RDBStorage, _name):
         setattr(ResilientRDBStorage, _name, retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
@@ -179,25 +315,26 @@ def stale_grace_seconds(heartbeat_interval: int) -> float:
 
 def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEARTBEAT_S,
                  *, create: bool = True) -> optuna.storages.BaseStorage:
-    """The Optuna storage for ``url``; raises ConfigError with one clear line when it cannot be opened.
+    """The Optuna storage for ``url``; raises StorageError with one clear line when it cannot be opened.
 
     ``create=False`` refuses to create a new SQLite file (commands that only read or join a study).
     """
     if heartbeat_interval < 1:
-        raise ConfigError(f"heartbeat interval must be >= 1 s, but got heartbeat_interval={heartbeat_interval}")
+        raise StorageError(f"heartbeat interval must be >= 1 s, but got heartbeat_interval={heartbeat_interval}")
     url = normalize_url(url)
     if url == MEMORY_URL:
         return optuna.storages.InMemoryStorage()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are stable enough
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
+    with warnings.catch_warnings():  # heartbeats are stable enough; the caller's warning filters stay as they were
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY_OF_STALE_TRIAL)
     # Optuna types grace_period as int but only uses it in a timedelta, so 1.5 intervals is kept exact.
     common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, grace_period=stale_grace_seconds(heartbeat_interval),
                                   heartbeat_stale_trial_callback=retry)
     path = sqlite_path(url)
     if path is not None and not create and not path.exists():
-        raise ConfigError(f"SQLite storage {str(path)!r} does not exist; check --storage")
+        raise StorageError(f"SQLite storage {str(path)!r} does not exist; check --storage")
     if path is not None:
-        engine_kwargs: dict[str, Any] = {"creator": _sqlite_creator(path)}
+        engine_kwargs: dict[str, Any] = {"creator": SqliteConnect(path)}
     else:
         engine_kwargs = {
             "pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 600,
@@ -206,11 +343,9 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
     try:
         storage = _open_rdb(url, engine_kwargs, common)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, sqlite3.Error) as err:
-        raise ConfigError(f"cannot open storage {mask_url(url)}: {_first_line(err)}") from None
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_first_line(err)}") from None
     except ImportError as err:
-        raise ConfigError(f"storage {mask_url(url)} needs a driver: {err}; pip install 'cifar-hpo[postgres]'") from None
-    if path is not None:
-        event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        raise StorageError(f"storage {mask_url(url)} needs a driver: {err}; pip install 'cifar-hpo[postgres]'") from None
     return storage
 
 
@@ -222,7 +357,9 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], common: dict[str, Any], a
     connection, a failed login or a missing database fail at once (they are configuration errors)."""
     for attempt in range(attempts):
         try:
-            return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **common)
+            with warnings.catch_warnings():  # RDBStorage warns that heartbeat_interval is experimental
+                warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                return ResilientRDBStorage(url, engine_kwargs=dict(engine_kwargs), **common)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
             transient = any(text in _first_line(err) for text in TRANSIENT_OPEN_ERRORS)
             if not transient or attempt == attempts - 1:

@@ -20,7 +20,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.storage.urls import DEFAULT_URL, is_memory, mask_url
+from cifar_hpo.search.cli.search import STORAGE_HELP, default_storage
+from cifar_hpo.storage.urls import is_memory, mask_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -36,8 +37,7 @@ def register(subparsers: Any) -> None:
         f"{DEFAULT_HOST} unless --host says otherwise; to watch a study on a remote machine, run this there and forward the port: "
         f"ssh -L {DEFAULT_PORT}:127.0.0.1:{DEFAULT_PORT} HOST, then open http://127.0.0.1:{DEFAULT_PORT}/ here.",
     )
-    parser.add_argument("--storage", default=DEFAULT_URL, metavar="URL",
-                        help=f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default {DEFAULT_URL})")
+    parser.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
     parser.add_argument("--study", metavar="NAME", help="also print the direct link to this study's page")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes every study "

@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Any
 
-from cifar_hpo.search.cli.search import add_budget_flags, add_storage_flags, add_study_flags, budget, given_settings, summary_line
+from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_storage_flags, add_study_flags, budget,
+                               given_settings, summary_line)
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
 
@@ -28,7 +29,8 @@ def parse_gpus(text: str | None) -> list[str]:
 
 
 def worker_command(args: argparse.Namespace, index: int, n_trials: int | None, threads: int | None) -> list[str]:
-    command = [sys.executable, "-m", "cifar_hpo.search.cli", "worker", "--study", args.study, "--storage", args.storage,
+    """The worker's command line; the storage URL is not on it (see worker_env): `ps` shows argv to everyone."""
+    command = [sys.executable, "-m", "cifar_hpo.search.cli", "worker", "--study", args.study,
                "--heartbeat", str(args.heartbeat), "--worker-index", str(index), "--quiet",
                "--recycle-after", str(args.recycle_after)]
     if n_trials is not None:
@@ -40,8 +42,9 @@ def worker_command(args: argparse.Namespace, index: int, n_trials: int | None, t
     return command
 
 
-def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
-    env = dict(os.environ)
+def worker_env(index: int, gpus: list[str], storage: str) -> dict[str, str]:
+    """The worker's environment: the storage URL (with any password) travels here, readable only by its user."""
+    env = {**os.environ, STORAGE_ENV: storage}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     threads = None if gpus else max(1, (os.cpu_count() or 1) // args.workers)
     print(f"study {args.study} in {mask_url(args.storage)}: starting {args.workers} workers"
           + (f", GPUs {','.join(gpus)}" if gpus else f", {threads} CPU threads each"), file=sys.stderr)
-    workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus))
+    workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus, args.storage))
                for i in range(args.workers)]
     progress = StudyProgress(n_trials, f"{args.study} x{args.workers}")
     stop = False
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:
         print(f"hpo launch: worker(s) {failed} exited with codes {[codes[i] for i in failed]}", file=sys.stderr)
-        return 1
+        return 2 if all(codes[i] == 2 for i in failed) else 1  # 2: each printed its configuration/storage error
     return 0
 
 

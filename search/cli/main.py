@@ -7,8 +7,7 @@ import importlib
 import logging
 import sys
 
-from cifar_hpo.reports.errors import ReportError
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import CONFIGURATION_ERRORS
 from cifar_hpo.search.runtime.quiet import quiet_libraries
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
@@ -36,8 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or EXIT_OK)
-    except (ConfigError, ReportError) as err:
+    except CONFIGURATION_ERRORS as err:
         print(f"hpo {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as err:
+        from cifar_hpo.storage.urls import mask_url, storage_fault  # lazy: the CLI's start-up stays light
+
+        fault = storage_fault(err)  # disk full, read-only, ... hit outside a worker loop (opening, reading)
+        if fault is None:
+            raise
+        where = f" {mask_url(args.storage)}" if isinstance(getattr(args, "storage", None), str) else ""
+        print(f"hpo {args.command}: error: storage{where}: {fault}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print(f"hpo {args.command}: interrupted; a trial that was running is marked FAIL. "

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cifar_hpo.search.cli.search import add_storage_flags
+from cifar_hpo.search.cli.search import STORAGE_HELP, add_storage_flags, default_storage
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.storage.urls import DEFAULT_URL, mask_url
+from cifar_hpo.storage.urls import mask_url
 
 DEFAULT_TOP = 5
 DEFAULT_SEEDS = 2
@@ -183,8 +183,7 @@ def register(subparsers: Any) -> None:
         "test set; results are stored in the study and reused by the next report.")
     report.add_argument("--study", action="append", required=True, metavar="NAME",
                         help="study name; repeat to compare studies side by side")
-    report.add_argument("--storage", default=DEFAULT_URL, metavar="URL",
-                        help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_URL})")
+    report.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
     report.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
                         help=f"configurations shown and evaluated (default {DEFAULT_TOP})")
     report.add_argument("--out", default="report", metavar="DIR", help="output folder (default ./report)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -14,13 +15,21 @@ from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, 
 
 DEFAULT_N_TRIALS = 20
 DEFAULT_RECYCLE_AFTER = 5
+# The storage URL when --storage is left out: a URL with a password stays off the command line, where `ps`
+# shows it to every user (hpo launch hands it to its workers this way too).
+STORAGE_ENV = "HPO_STORAGE"
+STORAGE_HELP = (f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default: ${STORAGE_ENV}, else "
+                f"{DEFAULT_URL}, relative to the working directory); keep a password out of the command line "
+                f"with ${STORAGE_ENV}, PGPASSWORD or ~/.pgpass")
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or DEFAULT_URL
 
 
 def add_storage_flags(parser: argparse.ArgumentParser, *, study_required: bool = True) -> None:
     parser.add_argument("--study", required=study_required, metavar="NAME", help="study name")
-    parser.add_argument("--storage", default=DEFAULT_URL, metavar="URL",
-                        help=f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default {DEFAULT_URL}, "
-                        "relative to the working directory)")
+    parser.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
 
 
 def add_budget_flags(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from typing import Callable
 
 _logger = logging.getLogger(__name__)
 
-EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 # "Hand over to a fresh process": 100 + how many of the worker's last trials failed in a row, so the
 # consecutive-failure limit holds across processes (a setup that fails every trial must stop the worker).
 EXIT_RECYCLE = 100
@@ -64,7 +64,7 @@ def child_main(job: ChildJob) -> None:
 
 
 def _run_child(job: ChildJob) -> int:
-    from cifar_hpo.search.errors import ConfigError
+    from cifar_hpo.search.errors import CONFIGURATION_ERRORS
     from cifar_hpo.search.runtime.objective import Objective
     from cifar_hpo.search.runtime.quiet import quiet_libraries
     from cifar_hpo.search.runtime.threads import limit_cpu_threads
@@ -77,13 +77,16 @@ def _run_child(job: ChildJob) -> int:
         opened = open_hpo_study(job.url, job.study, None, worker_index=job.worker_index, generation=job.generation,
                                 heartbeat_interval=job.heartbeat, data_override=job.data_override)
         objective = Objective(opened.settings, opened.split)
-    except ConfigError as err:
+    except CONFIGURATION_ERRORS as err:
         print(f"hpo: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
     try:
         outcome = run_worker(opened.study, objective, n_trials=job.n_trials, timeout=timeout,
                              max_trials=job.recycle_after, failures_in_a_row=job.failures_in_a_row)
+    except CONFIGURATION_ERRORS as err:  # e.g. StorageError: the disk is full; the user fixes it and resumes
+        print(f"hpo: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except RuntimeError as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -138,7 +141,7 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if carried is not None:
             job = dataclasses.replace(job, failures_in_a_row=carried)
             continue
-        if code in (EXIT_DONE, EXIT_FAILED):
+        if code in (EXIT_DONE, EXIT_FAILED, EXIT_CONFIG):
             return code
         if code == EXIT_INTERRUPTED or code == -signal.SIGTERM:
             raise KeyboardInterrupt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 
 def quiet_libraries() -> None:
@@ -10,3 +11,6 @@ def quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines
+    # Heartbeats and stale-trial retries are Optuna "experimental" APIs this service relies on on purpose; the
+    # process (not the storage code, which scopes its own filter) silences that warning.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

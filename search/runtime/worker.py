@@ -18,7 +18,9 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.studies import best_value, count_trials_by_state, rdb_storage
+from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class WorkerExit:
     failures_in_a_row: int
 
 
-class BudgetReached(Exception):
+class _BudgetReached(Exception):
     """Raised in a trial that another worker's trials already made surplus (a race between two asks)."""
 
 
@@ -125,17 +127,25 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     deadline = None if timeout is None else time.monotonic() + timeout
     ran, storage_errors, failures = 0, 0, failures_in_a_row
     surplus: list[int] = []
+    current: list[optuna.trial.Trial] = []  # the trial this worker runs now (to fail it if the storage breaks)
+    faults: list[Exception] = []  # a storage fault inside a trial, which Optuna's catch would otherwise swallow
     near_budget = True
     stop_reason: str | None = None
 
     def guarded(trial: optuna.trial.Trial) -> float:
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
         # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
-        if n_trials is not None and near_budget and _active_before(trial) >= n_trials:
-            trial.set_user_attr("surplus", True)
-            surplus.append(trial.number)
-            raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
-        return objective(trial)
+        current[:] = [trial]
+        try:
+            if n_trials is not None and near_budget and _active_before(trial) >= n_trials:
+                trial.set_user_attr("surplus", True)
+                surplus.append(trial.number)
+                raise _BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
+            return objective(trial)
+        except Exception as err:
+            if storage_fault(err) is not None:  # a full disk is not this trial's fault: after_trial stops the worker
+                faults.append(err)
+            raise
 
     def go_on() -> bool:
         """Check the budget before a trial (may wait for trials running elsewhere); False: stop."""
@@ -151,6 +161,8 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
         # tearing down and rebuilding its database session between trials (~5 ms a trial on PostgreSQL).
         nonlocal ran, storage_errors, failures, stop_reason
         ran, storage_errors = ran + 1, 0
+        if faults:
+            raise faults[0]  # Optuna has marked the trial FAIL if it could; the loop below stops the worker
         if surplus:
             stop_reason = "done"
         else:
@@ -170,16 +182,48 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
-            except STORAGE_ERRORS as err:
+            except Exception as err:
+                # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
+                # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
+                fault = storage_fault(err)
+                if fault is not None:  # disk full, read-only, ...: the same call would fail again
+                    _fail_running_trial(study, current)
+                    raise StorageError(f"storage {_where(study)}: {fault}") from None
+                if not _is_storage_error(err):
+                    raise
                 # The database went away between calls that are not retried (ask/tell): wait and go on.
                 storage_errors += 1
                 if storage_errors > MAX_STORAGE_ERRORS:
-                    raise RuntimeError(f"storage keeps failing: {err}") from err
-                _logger.warning("storage error (%s); retrying in %.0f s", type(err).__name__, poll_seconds)
+                    raise RuntimeError(f"storage keeps failing: {database_message(err)}") from err
+                _logger.warning("storage error (%s); retrying in %.0f s", database_message(err), poll_seconds)
                 time.sleep(poll_seconds)
                 continue
             break  # stopped by after_trial, or the timeout passed
     return WorkerExit(stop_reason or "done", failures)
+
+
+def _is_storage_error(err: BaseException) -> bool:
+    while err is not None:
+        if isinstance(err, STORAGE_ERRORS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _where(study: optuna.Study) -> str:
+    storage = rdb_storage(study)
+    return mask_url(str(storage.url)) if storage is not None else "in memory"
+
+
+def _fail_running_trial(study: optuna.Study, current: list[optuna.trial.Trial]) -> None:
+    """Mark this worker's running trial FAIL if the storage still takes that write (a full disk may, a
+    read-only file does not); otherwise its heartbeat goes stale and another worker fails it later."""
+    for trial in current:
+        try:
+            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                study.tell(trial, state=TrialState.FAIL)
+        except Exception as err:  # the storage refuses: nothing more this worker can do
+            _logger.debug("could not mark trial %d FAIL: %s", trial.number, err)
 
 
 def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,

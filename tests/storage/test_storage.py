@@ -10,7 +10,7 @@ import pytest
 
 from hpo_testkit import ROOT as REPO_ROOT
 from cifar_hpo.search.cli import main
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage import make_storage, mask_url
 from cifar_hpo.storage.urls import normalize_url
 
@@ -26,7 +26,7 @@ def test_passwords_are_masked():
 def test_relative_sqlite_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert normalize_url("sqlite:///hpo.db") == f"sqlite:///{tmp_path / 'hpo.db'}"
-    with pytest.raises(ConfigError, match="folder .* does not exist"):
+    with pytest.raises(StorageError, match="folder .* does not exist"):
         normalize_url("sqlite:///no/such/dir/hpo.db")
 
 
@@ -39,7 +39,7 @@ def test_sqlite_storage_uses_wal_and_a_busy_timeout(tmp_path):
 
 
 def test_joining_never_creates_a_database(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(StorageError, match="does not exist"):
         make_storage(f"sqlite:///{tmp_path / 'missing.db'}", create=False)
     assert not (tmp_path / "missing.db").exists()
 

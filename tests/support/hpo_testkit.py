@@ -97,3 +97,11 @@ def store_fake_evaluation(study: optuna.Study, key: str, trial: int | None, epoc
 
 def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{folder / 'studies.db'}"
+
+
+def create_tiny_study(url: str, name: str, npz: Path, **given: Any) -> optuna.Study:
+    """An hpo cnn study on tiny data (1 epoch, 100 validation images), created as `hpo search` creates one."""
+    from cifar_hpo.search.study_setup import open_hpo_study
+
+    flags = {"space": "cnn", "data": str(npz), "val_size": 100, "epochs": 1, "seed": 0, **given}
+    return open_hpo_study(url, name, flags, heartbeat_interval=2).study

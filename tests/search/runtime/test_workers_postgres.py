@@ -14,9 +14,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from cifar_hpo.search.cli import main
-from cifar_hpo.search.study_setup import open_hpo_study
 from cifar_hpo.storage import make_storage
-from hpo_testkit import ROOT, make_tiny_cifar
+from hpo_testkit import ROOT, create_tiny_study as create, make_tiny_cifar
 
 pytestmark = pytest.mark.postgres
 
@@ -47,11 +46,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def create(url: str, name: str, npz: Path, **given) -> optuna.Study:
-    flags = {"space": "cnn", "data": str(npz), "val_size": 100, "epochs": 1, "seed": 0, **given}
-    return open_hpo_study(url, name, flags, heartbeat_interval=2).study
 
 
 @pytest.fixture
