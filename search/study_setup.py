@@ -31,7 +31,7 @@ class OpenedStudy:
         self.split = None
 
 
-def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_index: int = 0, generation: int = 0,
+def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
                    heartbeat_interval: int = DEFAULT_HEARTBEAT_S, data_override: str | None = None,
                    space_config: str | None = None) -> OpenedStudy:
     """``given`` holds the flags passed (None: join an existing study, never create).
@@ -66,7 +66,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
     settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
-                       sampler=make_sampler(settings, worker_index, generation), pruner=make_pruner(settings))
+                       sampler=make_sampler(settings), pruner=make_pruner(settings))
     notes = []
     if not exists:
         annotate_new_study(study, settings, space)

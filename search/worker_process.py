@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import itertools
 import logging
 import multiprocessing
 import signal
@@ -40,7 +39,6 @@ class ChildJob:
     recycle_after: int | None
     data_override: str | None
     threads: int | None
-    generation: int = 0  # how many trial processes this worker started before; seeds the sampler
     failures_in_a_row: int = 0  # carried over from the previous trial process
 
 
@@ -74,8 +72,8 @@ def _run_child(job: ChildJob) -> int:
     _quiet_libraries()
     try:
         limit_cpu_threads(job.threads)
-        opened = open_hpo_study(job.url, job.study, None, worker_index=job.worker_index, generation=job.generation,
-                                heartbeat_interval=job.heartbeat, data_override=job.data_override)
+        opened = open_hpo_study(job.url, job.study, None, heartbeat_interval=job.heartbeat,
+                                data_override=job.data_override)
         objective = Objective(opened.settings, opened.split)
     except ConfigError as err:
         print(f"hpo: error: {err}", file=sys.stderr)
@@ -119,8 +117,7 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
     on_poll = _safe(on_poll)
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow state
     crashes = 0
-    for generation in itertools.count():
-        job = dataclasses.replace(job, generation=generation)
+    while True:
         child = context.Process(target=child_main, args=(job,), name=f"hpo-trials-{job.worker_index}")
         child.start()
         try:
@@ -147,4 +144,3 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if crashes >= MAX_CRASHES:
             print(f"hpo: {crashes} trial processes died; stopping this worker", file=sys.stderr)
             return EXIT_FAILED
-    raise AssertionError("unreachable")
