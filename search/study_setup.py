@@ -15,7 +15,7 @@ from search.settings import StudySettings, absolute_data_path, make_pruner, make
 from spaces import build_space, get_space_module, load_overrides
 from spaces.bounds import outside_bounds
 from storage import make_storage, open_study, study_exists
-from storage.urls import DEFAULT_HEARTBEAT_S
+from storage.urls import DEFAULT_HEARTBEAT_S, is_memory, normalize_url, sqlite_path
 
 
 @dataclass
@@ -36,13 +36,40 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
                    space_config: str | None = None) -> OpenedStudy:
     """``given`` holds the flags passed (None: join an existing study, never create).
 
-    Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched.
+    Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched:
+    for a SQLite file that does not exist yet, even opening the storage would create it, so the flags,
+    space and data are checked first.
     """
+    prepared = None
+    if given is not None and _is_new_sqlite_file(url):
+        prepared = _prepare(None, given, name, data_override, space_config)
     storage = make_storage(url, heartbeat_interval=heartbeat_interval, create=given is not None)
     exists = study_exists(storage, name)
     if not exists and given is None:
         open_study(storage, name)  # raises the "does not exist" ConfigError with the known names
-    stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
+    if prepared is None or exists:  # exists: another process created the study meanwhile
+        stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
+        prepared = _prepare(stored, given, name, data_override, space_config)
+    settings, space, split = prepared
+    study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
+                       sampler=make_sampler(settings), pruner=make_pruner(settings))
+    notes = []
+    if not exists:
+        annotate_new_study(study, settings, space)
+        note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
+        if note:
+            notes.append(note)
+    return OpenedStudy(study, settings, split, created=not exists, notes=notes)
+
+
+def _is_new_sqlite_file(url: str) -> bool:
+    path = sqlite_path(normalize_url(url)) if not is_memory(url) else None
+    return path is not None and not path.exists()
+
+
+def _prepare(stored: StudySettings | None, given: dict[str, Any] | None, name: str, data_override: str | None,
+             space_config: str | None) -> tuple[StudySettings, Any, Split]:
+    """Settings, space and data split for this command; every ConfigError a bad flag can cause comes from here."""
     if given is not None and "data" in given:
         given = {**given, "data": absolute_data_path(given["data"])}
     if space_config is not None:
@@ -65,15 +92,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
     data = load_study_data(settings, None, f"study {name!r}")
     settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
-    study = open_study(storage, name, create_attrs=settings.to_attrs() if not exists else None,
-                       sampler=make_sampler(settings), pruner=make_pruner(settings))
-    notes = []
-    if not exists:
-        annotate_new_study(study, settings, space)
-        note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
-        if note:
-            notes.append(note)
-    return OpenedStudy(study, settings, split, created=not exists, notes=notes)
+    return settings, space, split
 
 
 def load_study_data(settings: StudySettings, data_override: str | None, what: str) -> Cifar10:
