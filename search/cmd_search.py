@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from typing import Any
@@ -66,15 +65,6 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
         "n_trials": args.n_trials, "timeout": args.timeout,
     }
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM stops like Ctrl-C: the running trial is marked FAIL and the storage stays consistent."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:
@@ -141,9 +131,10 @@ def summary_line(study: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.interrupts import interrupt_once
     from search.study_setup import open_hpo_study
 
-    sigterm_as_interrupt()
+    interrupt_once()
     given = given_settings(args)
     if args.tuner is not None and args.engine != "kerastuner":
         raise ConfigError("--tuner applies to --engine kerastuner only")

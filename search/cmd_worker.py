@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from search.cmd_search import add_budget_flags, add_storage_flags, budget, run_trials, sigterm_as_interrupt
+from search.cmd_search import add_budget_flags, add_storage_flags, budget, run_trials
 from search.errors import ConfigError
 from storage.urls import is_memory
 
@@ -23,9 +23,10 @@ def limit_cpu_threads(threads: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.interrupts import interrupt_once
     from search.study_setup import open_hpo_study
 
-    sigterm_as_interrupt()
+    interrupt_once()
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
     opened = open_hpo_study(args.storage, args.study, None, heartbeat_interval=args.heartbeat,

@@ -18,6 +18,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from search.interrupts import interrupted
 from storage.studies import best_value, count_trials_by_state, rdb_storage
 
 _logger = logging.getLogger(__name__)
@@ -135,7 +136,12 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             trial.set_user_attr("surplus", True)
             surplus.append(trial.number)
             raise BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
-        return objective(trial)
+        try:
+            return objective(trial)
+        except Exception:
+            if interrupted():  # Ctrl-C inside TensorFlow's C code can surface as another error: still a stop
+                raise KeyboardInterrupt from None
+            raise
 
     def go_on() -> bool:
         """Check the budget before a trial (may wait for trials running elsewhere); False: stop."""

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from search.interrupts import interrupted, signals_held
+
 _logger = logging.getLogger(__name__)
 
 EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -52,12 +54,12 @@ def _die_with_parent() -> None:
 def child_main(job: ChildJob) -> None:
     """Entry point of a trial process; its exit code tells the parent what to do next."""
     _die_with_parent()
-    from search.cmd_search import sigterm_as_interrupt
+    from search.interrupts import interrupt_once
 
-    sigterm_as_interrupt()
     try:
+        interrupt_once()  # also delivers a signal held since the parent started this process
         sys.exit(_run_child(job))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the running trial is marked FAIL; the parent speaks for this process
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -107,6 +109,8 @@ def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
         try:
             on_poll()
         except Exception as err:  # the child has its own retries; the bar can wait a second
+            if interrupted():  # Ctrl-C inside the database driver can surface as another error
+                raise KeyboardInterrupt from None
             _logger.debug("progress refresh failed: %s", err)
 
     return poll
@@ -119,15 +123,17 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
     crashes = 0
     while True:
         child = context.Process(target=child_main, args=(job,), name=f"hpo-trials-{job.worker_index}")
-        child.start()
         try:
+            with signals_held():  # a Ctrl-C during the child's start-up reaches it once it can handle it
+                child.start()
             while child.is_alive():
                 on_poll()
                 child.join(poll_seconds)
         except KeyboardInterrupt:
-            if child.is_alive():
-                child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
-            child.join(60)
+            if child.pid is not None:  # started
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
+                child.join(60)
             raise
         on_poll()
         code = child.exitcode
