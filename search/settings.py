@@ -100,18 +100,53 @@ def absolute_data_path(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def make_sampler(settings: StudySettings, worker_index: int = 0, generation: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate; constant liar so parallel workers spread out) or random.
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial's random draws: a function of the study's seed and the trial's number only."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
 
-    Seeded from (study seed, worker, generation of the worker's trial process): each process draws its own
-    stream, so parallel workers and recycled processes never replay the same suggestions.
+
+class _SeededPerTrial:
+    """Reseeds the sampler's random draws for every trial from (study seed, trial number).
+
+    Why per trial rather than per process: trial numbers are unique study-wide, so workers on any machine
+    never replay each other's draws, and a serial study draws the same configurations however often it is
+    resumed (the history the model-based phase sees is then the same too).
     """
-    seed = int(np.random.SeedSequence([settings.seed, worker_index, generation]).generate_state(1)[0])
+
+    _study_seed: int
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Optuna offers reseed_rng() (a fresh OS seed) but no reseed_rng(seed), so its RandomState is seeded here.
+        self._rng.rng.seed(trial_seed(self._study_seed, trial.number))  # type: ignore[attr-defined]
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+
+class TrialSeededRandomSampler(_SeededPerTrial, optuna.samplers.RandomSampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._study_seed = seed
+
+
+class TrialSeededTPESampler(_SeededPerTrial, optuna.samplers.TPESampler):
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._study_seed = seed
+        # The start-up (random) draws: TPESampler.before_trial passes each trial on to it, so it reseeds too.
+        # Optuna offers no public way to give TPESampler its independent sampler, hence the private attribute.
+        self._random_sampler = TrialSeededRandomSampler(seed)
+
+
+def make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate; constant liar so parallel workers spread out) or random, seeded per trial.
+
+    Every process of every worker builds the same sampler: its draws depend on the trial number, not on
+    which worker or process asks (see _SeededPerTrial).
+    """
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededRandomSampler(settings.seed)
     # Optuna's 10 random start-up trials are half of a 20-trial study; start modelling after a quarter.
     startup = max(5, min(10, (settings.n_trials or 40) // 4))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
+    return TrialSeededTPESampler(settings.seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
 
 
 # Hyperband keeps the best 1/3 at each rung (the KerasTuner engine's Hyperband uses the same factor).

@@ -16,7 +16,7 @@ from cifar_hpo.spaces import build_space, get_space_module, load_overrides
 from cifar_hpo.spaces.bounds import outside_bounds
 from cifar_hpo.storage import make_storage, open_study, study_exists
 from cifar_hpo.storage.studies import create_or_load_study
-from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S
+from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, is_memory, normalize_url, sqlite_path
 
 
 @dataclass
@@ -32,35 +32,32 @@ class OpenedStudy:
         self.split = None
 
 
-def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_index: int = 0, generation: int = 0,
+def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
                    heartbeat_interval: int = DEFAULT_HEARTBEAT_S, data_override: str | None = None,
                    space_config: str | None = None) -> OpenedStudy:
     """``given`` holds the flags passed (None: join an existing study, never create).
 
-    Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched.
-    Two processes creating the same study at once: one creates it (settings, note, baseline); the other
-    then resumes it, with the same settings check (and conflict error) as any resuming command.
+    Every check that can fail runs before anything is written, so a bad flag leaves the storage untouched:
+    for a SQLite file that does not exist yet, even opening the storage would create it, so the flags,
+    space and data are checked first. Two processes creating the same study at once: one creates it
+    (settings, note, baseline); the other then resumes it, with the same settings check (and conflict
+    error) as any resuming command.
     """
+    prepared = None
+    if given is not None and _is_new_sqlite_file(url):
+        prepared = _prepare(None, given, name, data_override, space_config)
     storage = make_storage(url, heartbeat_interval=heartbeat_interval, create=given is not None)
     exists = study_exists(storage, name)
     if not exists and given is None:
-        open_study(storage, name)  # raises the "does not exist" ConfigError with the known names
-    stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
-    if given is not None and "data" in given:
-        given = {**given, "data": absolute_data_path(given["data"])}
-    if space_config is not None:
-        space_name = (given or {}).get("space") or (stored.space if stored else "cnn")
-        try:
-            given = {**(given or {}), "space_overrides": load_overrides(space_config, space_name)}
-        except (ValueError, TypeError) as err:
-            raise ConfigError(str(err)) from None
-    settings, space = _settings(stored, given or {}, data_override)
-    data = load_study_data(settings, None, f"study {name!r}")
-    settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
+        open_study(storage, name)  # raises the "does not exist" StorageError with the known names
+    if prepared is None or exists:  # exists: the stored settings decide (another process may have created it)
+        stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
+        prepared = _prepare(stored, given, name, data_override, space_config)
+    settings, space, data = prepared
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     notes: list[str] = []
     if exists:
-        return OpenedStudy(_load(storage, name, settings, worker_index, generation), settings, split, False, notes)
+        return OpenedStudy(_load(storage, name, settings), settings, split, False, notes)
 
     def prepare(study: optuna.Study) -> None:  # runs only in the process that creates the study
         annotate_new_study(study, settings, space)
@@ -68,17 +65,44 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *, worker_
         if note:
             notes.append(note)
 
-    study, created = create_or_load_study(storage, name, settings.to_attrs(),
-                                          sampler=make_sampler(settings, worker_index, generation),
+    study, created = create_or_load_study(storage, name, settings.to_attrs(), sampler=make_sampler(settings),
                                           pruner=make_pruner(settings), prepare=prepare)
     if not created:  # another process created it since our check: resume it, refused if the settings differ
         stored = StudySettings.from_study(study)
-        settings, _ = _settings(stored, given or {}, data_override)
+        settings, _ = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
         check_fingerprint(settings, data.fingerprint(), settings.data, f"study {name!r}")
         settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
         split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
-        study = _load(storage, name, settings, worker_index, generation)
+        study = _load(storage, name, settings)
     return OpenedStudy(study, settings, split, created=created, notes=notes)
+
+
+def _is_new_sqlite_file(url: str) -> bool:
+    path = sqlite_path(normalize_url(url)) if not is_memory(url) else None
+    return path is not None and not path.exists()
+
+
+def _given_with_paths(given: dict[str, Any] | None, stored: StudySettings | None,
+                      space_config: str | None) -> dict[str, Any]:
+    """The flags passed, with the data path made absolute and the --space-config file read into overrides."""
+    given = dict(given or {})
+    if "data" in given:
+        given["data"] = absolute_data_path(given["data"])
+    if space_config is not None:
+        space_name = given.get("space") or (stored.space if stored else "cnn")
+        try:
+            given["space_overrides"] = load_overrides(space_config, space_name)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from None
+    return given
+
+
+def _prepare(stored: StudySettings | None, given: dict[str, Any] | None, name: str, data_override: str | None,
+             space_config: str | None) -> tuple[StudySettings, Any, Cifar10]:
+    """Settings, space and data for this command; every ConfigError a bad flag can cause comes from here."""
+    settings, space = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
+    data = load_study_data(settings, None, f"study {name!r}")
+    return dataclasses.replace(settings, data_fingerprint=data.fingerprint()), space, data
 
 
 def _settings(stored: StudySettings | None, given: dict[str, Any],
@@ -98,8 +122,8 @@ def _settings(stored: StudySettings | None, given: dict[str, Any],
     return settings, space
 
 
-def _load(storage: Any, name: str, settings: StudySettings, worker_index: int, generation: int) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings, worker_index, generation),
+def _load(storage: Any, name: str, settings: StudySettings) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings),
                              pruner=make_pruner(settings))
 
 

@@ -106,7 +106,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         import optuna_dashboard
     except ImportError:
         raise ConfigError("optuna-dashboard is not installed; pip install 'cifar-hpo[dashboard]'") from None
-    from cifar_hpo.search.cli.search import sigterm_as_interrupt
+    from cifar_hpo.search.runtime.interrupts import interrupt_once
     from cifar_hpo.storage import make_storage
 
     if is_memory(args.storage):
@@ -121,7 +121,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
               f"{DEFAULT_HOST} and `ssh -L {DEFAULT_PORT}:127.0.0.1:{DEFAULT_PORT} HOST`.", file=sys.stderr)
     print(f"optuna-dashboard on {mask_url(args.storage)}: open {dashboard_url(server, path)}  (Ctrl-C stops it)",
           flush=True)
-    sigterm_as_interrupt()
+    interrupt_once()
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_storage_flags, add_study_flags, budget,
-                               given_settings, summary_line)
+                                         given_settings, summary_line)
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
 from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
 
 SQLITE_WRITERS_WARNING = 4
@@ -90,28 +91,31 @@ def run(args: argparse.Namespace) -> int:
     threads = None if gpus else max(1, (os.cpu_count() or 1) // args.workers)
     print(f"study {args.study} in {mask_url(args.storage)}: starting {args.workers} workers"
           + (f", GPUs {','.join(gpus)}" if gpus else f", {threads} CPU threads each"), file=sys.stderr)
-    workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus, args.storage))
-               for i in range(args.workers)]
-    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}")
     stop = False
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Only a flag: an exception could cut a storage query short; the loop below checks it every second.
         nonlocal stop
         stop = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C and SIGTERM stop the workers (each marks its running trial FAIL and exits quietly); this
+    # process prints the summary. Workers start with both signals held until they can handle them.
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    with signals_held():
+        workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus, args.storage))
+                   for i in range(args.workers)]
+    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}")
     try:
         while not stop and any(proc.poll() is None for proc in workers):
             progress.show(count_trials(opened.study))
             time.sleep(1.0)
-    except KeyboardInterrupt:
-        stop = True
     finally:
         if stop:
             stop_workers(workers)
-        signal.signal(signal.SIGTERM, previous)
         progress.show(count_trials(opened.study))
         progress.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     codes = [proc.wait() for proc in workers]
     print(summary_line(opened.study))
     if stop:

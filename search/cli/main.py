@@ -1,4 +1,4 @@
-"""`hpo`: the command line. main(argv) so tests call it in-process; exit 0 ok, 1 failure, 2 configuration."""
+"""`hpo`: the command line. main(argv) so tests call it in-process; exit codes are search.errors.ExitCode."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import importlib
 import logging
 import sys
 
-from cifar_hpo.search.errors import CONFIGURATION_ERRORS
+from cifar_hpo.search.errors import CONFIGURATION_ERRORS, ExitCode
 from cifar_hpo.search.runtime.quiet import quiet_libraries
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
 COMMANDS = ("search", "worker", "launch", "report", "dashboard", "cache")
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Commands that run trials: an interrupt marks the trial they were running FAIL.
+TRIAL_COMMANDS = ("search", "worker", "launch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,16 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted_message(args: argparse.Namespace | None) -> str | None:
+    """The one line an interrupted command prints (None: hpo launch's workers, which launch speaks for)."""
+    if args is None:
+        return "hpo: interrupted"
+    if getattr(args, "quiet", False):
+        return None
+    if args.command in TRIAL_COMMANDS:
+        return (f"hpo {args.command}: interrupted; any trial it was running is marked FAIL. "
+                "Run the same command again to resume.")
+    return f"hpo {args.command}: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.run(args) or EXIT_OK)
+    """Run one command; every error a user can fix is one line on stderr and ExitCode.CONFIG."""
+    args = None
+    try:  # Ctrl-C can come at any moment, also while the command modules are imported
+        args = build_parser().parse_args(argv)
+        quiet_libraries()
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return int(args.run(args) or ExitCode.OK)
     except CONFIGURATION_ERRORS as err:
-        print(f"hpo {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"hpo {args.command if args else '-'}: error: {err}", file=sys.stderr)  # args is set: parsing raises none
+        return ExitCode.CONFIG
     except Exception as err:
         from cifar_hpo.storage.urls import mask_url, storage_fault  # lazy: the CLI's start-up stays light
 
@@ -45,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         if fault is None:
             raise
         where = f" {mask_url(args.storage)}" if isinstance(getattr(args, "storage", None), str) else ""
-        print(f"hpo {args.command}: error: storage{where}: {fault}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"hpo {args.command if args else '-'}: error: storage{where}: {fault}", file=sys.stderr)
+        return ExitCode.CONFIG
     except KeyboardInterrupt:
-        print(f"hpo {args.command}: interrupted; a trial that was running is marked FAIL. "
-              "Run the same command again to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        message = interrupted_message(args)
+        if message:
+            print(message, file=sys.stderr)
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from cifar_hpo.search.errors import ConfigError, SearchStopped
-from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
 from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
@@ -141,9 +140,10 @@ def summary_line(study: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cifar_hpo.search.runtime.interrupts import interrupt_once
     from cifar_hpo.search.study_setup import open_hpo_study
 
-    sigterm_as_interrupt()
+    interrupt_once()
     given = given_settings(args)
     if args.tuner is not None and args.engine != "kerastuner":
         raise ConfigError("--tuner applies to --engine kerastuner only")

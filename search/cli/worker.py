@@ -7,19 +7,19 @@ from typing import Any
 
 from cifar_hpo.search.cli.search import add_budget_flags, add_storage_flags, budget, run_trials
 from cifar_hpo.search.errors import ConfigError
-from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
 from cifar_hpo.search.runtime.threads import limit_cpu_threads
 from cifar_hpo.storage.urls import is_memory
 
 
 def run(args: argparse.Namespace) -> int:
+    from cifar_hpo.search.runtime.interrupts import interrupt_once
     from cifar_hpo.search.study_setup import open_hpo_study
 
-    sigterm_as_interrupt()
+    interrupt_once()
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
-    opened = open_hpo_study(args.storage, args.study, None, worker_index=args.worker_index,
-                            heartbeat_interval=args.heartbeat, data_override=args.data)
+    opened = open_hpo_study(args.storage, args.study, None, heartbeat_interval=args.heartbeat,
+                            data_override=args.data)
     if opened.settings.engine != "optuna":
         raise ConfigError(f"study {args.study!r} runs on the {opened.settings.engine} engine; resume it with hpo search")
     description = f"{args.study} worker {args.worker_index}"
@@ -42,6 +42,7 @@ def register(subparsers: Any) -> None:
                         "(checked against the study's data fingerprint)")
     parser.add_argument("--threads", type=int, metavar="T", help="CPU threads for TensorFlow (default: all)")
     parser.add_argument("--worker-index", type=int, default=0, metavar="I",
-                        help="distinct index per worker: seeds the sampler differently (hpo launch sets it)")
+                        help="names this worker in its progress bar and trial processes (hpo launch sets it); the "
+                        "sampler's draws depend on the trial number, so workers need no distinct index")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary (hpo launch sets it)")
     parser.set_defaults(run=run)

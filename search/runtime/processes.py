@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import itertools
 import logging
 import multiprocessing
 import signal
@@ -19,6 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from cifar_hpo.search.runtime.interrupts import interrupted, signals_held
 
 _logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ class ChildJob:
     recycle_after: int | None
     data_override: str | None
     threads: int | None
-    generation: int = 0  # how many trial processes this worker started before; seeds the sampler
     failures_in_a_row: int = 0  # carried over from the previous trial process
 
 
@@ -54,12 +54,12 @@ def _die_with_parent() -> None:
 def child_main(job: ChildJob) -> None:
     """Entry point of a trial process; its exit code tells the parent what to do next."""
     _die_with_parent()
-    from cifar_hpo.search.runtime.signals import sigterm_as_interrupt
+    from cifar_hpo.search.runtime.interrupts import interrupt_once
 
-    sigterm_as_interrupt()
     try:
+        interrupt_once()  # also delivers a signal held since the parent started this process
         sys.exit(_run_child(job))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the running trial is marked FAIL; the parent speaks for this process
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -74,8 +74,8 @@ def _run_child(job: ChildJob) -> int:
     quiet_libraries()
     try:
         limit_cpu_threads(job.threads)
-        opened = open_hpo_study(job.url, job.study, None, worker_index=job.worker_index, generation=job.generation,
-                                heartbeat_interval=job.heartbeat, data_override=job.data_override)
+        opened = open_hpo_study(job.url, job.study, None, heartbeat_interval=job.heartbeat,
+                                data_override=job.data_override)
         objective = Objective(opened.settings, opened.split)
     except CONFIGURATION_ERRORS as err:
         print(f"hpo: error: {err}", file=sys.stderr)
@@ -112,6 +112,8 @@ def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
         try:
             on_poll()
         except Exception as err:  # the child has its own retries; the bar can wait a second
+            if interrupted():  # Ctrl-C inside the database driver can surface as another error
+                raise KeyboardInterrupt from None
             _logger.debug("progress refresh failed: %s", err)
 
     return poll
@@ -122,18 +124,19 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
     on_poll = _safe(on_poll)
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow state
     crashes = 0
-    for generation in itertools.count():
-        job = dataclasses.replace(job, generation=generation)
+    while True:
         child = context.Process(target=child_main, args=(job,), name=f"hpo-trials-{job.worker_index}")
-        child.start()
         try:
+            with signals_held():  # a Ctrl-C during the child's start-up reaches it once it can handle it
+                child.start()
             while child.is_alive():
                 on_poll()
                 child.join(poll_seconds)
         except KeyboardInterrupt:
-            if child.is_alive():
-                child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
-            child.join(60)
+            if child.pid is not None:  # started
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
+                child.join(60)
             raise
         on_poll()
         code = child.exitcode
@@ -150,4 +153,3 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if crashes >= MAX_CRASHES:
             print(f"hpo: {crashes} trial processes died; stopping this worker", file=sys.stderr)
             return EXIT_FAILED
-    raise AssertionError("unreachable")

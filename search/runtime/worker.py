@@ -18,6 +18,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from cifar_hpo.search.runtime.interrupts import interrupted
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.studies import best_value, count_trials_by_state, rdb_storage
 from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
@@ -143,6 +144,8 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 raise _BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
             return objective(trial)
         except Exception as err:
+            if interrupted():  # Ctrl-C inside TensorFlow's C code can surface as another error: still a stop
+                raise KeyboardInterrupt from None
             if storage_fault(err) is not None:  # a full disk is not this trial's fault: after_trial stops the worker
                 faults.append(err)
             raise

@@ -41,13 +41,66 @@ def test_sampler_and_pruner_from_settings():
     assert isinstance(make_pruner(StudySettings(pruner="none")), optuna.pruners.NopPruner)
 
 
-def test_each_worker_and_process_generation_draws_its_own_stream():
+def params_of(opened_study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in opened_study.study.trials]
+
+
+def cnn_objective(trial) -> float:
+    """Suggests a CNN configuration as the real objective does, and scores it without training."""
+    from cifar_hpo.spaces.cnn import InfeasibleConfig, suggest
+
+    try:
+        config = suggest(trial)
+    except InfeasibleConfig:
+        return 0.0
+    return float(config.learning_rate)
+
+
+def study_flags(tiny_npz, n_trials: int) -> dict:
+    return {"data": str(tiny_npz), "val_size": 100, "epochs": 1, "seed": 7, "baseline": False, "n_trials": n_trials}
+
+
+def test_resumes_and_joined_workers_never_repeat_start_up_draws(tmp_path, tiny_npz):
+    """Issue 12: every rerun of hpo search, and every worker left at its default index, replayed the same draws."""
+    from cifar_hpo.search.study_setup import open_hpo_study
+    from cifar_hpo.search.runtime.worker import run_worker
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for total in (2, 4, 6):  # created, then resumed twice: a new sampler each time, as a new command has
+        run_worker(open_hpo_study(url, "s", study_flags(tiny_npz, 40)).study, cnn_objective, n_trials=total)
+    workers = [open_hpo_study(url, "s", None) for _ in range(2)]  # two `hpo worker` with the default index
+    for total in (7, 8, 9, 10):  # they take turns, each keeping its own sampler
+        run_worker(workers[total % 2].study, cnn_objective, n_trials=total)
+    params = params_of(workers[0])
+    assert len(params) == 10  # all random start-up trials (TPE starts modelling after 10 of a 40-trial study)
+    assert len(set(params)) == 10, "a configuration was drawn twice"
+
+
+def test_a_serial_study_draws_the_same_configurations_resumed_or_not(tmp_path, tiny_npz):
+    """Draws depend on (seed, trial number) only: resuming in pieces gives the one-go study's configurations,
+    through the random start-up trials and the model-based ones after them (5 start-up trials here)."""
+    from cifar_hpo.search.study_setup import open_hpo_study
+    from cifar_hpo.search.runtime.worker import run_worker
+
+    one_go = open_hpo_study(f"sqlite:///{tmp_path / 'a.db'}", "s", study_flags(tiny_npz, 8))
+    run_worker(one_go.study, cnn_objective, n_trials=8)
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    for total in (3, 6, 8):
+        pieces = open_hpo_study(url, "s", study_flags(tiny_npz, total))
+        run_worker(pieces.study, cnn_objective, n_trials=total)
+    assert len(params_of(one_go)) == 8
+    assert params_of(pieces) == params_of(one_go)
+
+
+def test_same_seed_and_trial_number_draw_the_same_random_configuration():
     import optuna
 
-    def first_draw(worker: int, generation: int) -> float:
-        study = optuna.create_study(sampler=make_sampler(StudySettings(sampler="random"), worker, generation))
-        return study.ask().suggest_float("x", 0, 1)
+    def draws(settings: StudySettings) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler(settings))
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        return [t.params["x"] for t in study.trials]
 
-    draws = {first_draw(w, g) for w in range(2) for g in range(2)}
-    assert len(draws) == 4
-    assert first_draw(1, 1) == first_draw(1, 1)  # reproducible
+    for sampler in ("random", "tpe"):
+        assert draws(StudySettings(sampler=sampler)) == draws(StudySettings(sampler=sampler))
+        assert len(set(draws(StudySettings(sampler=sampler)))) == 3
+        assert draws(StudySettings(sampler=sampler, seed=1)) != draws(StudySettings(sampler=sampler))

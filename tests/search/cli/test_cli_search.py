@@ -100,6 +100,19 @@ def test_space_config_errors_are_clear(tmp_path, tiny_npz, capsys):
     assert rc == 2 and len(err) == 1 and "bounds of 'depth': low must be <= high" in err[0]
 
 
+@pytest.mark.parametrize("bad", ["missing data", "bad space config"])
+def test_bad_input_creates_no_database_file(tmp_path, tiny_npz, capsys, bad):
+    """The README promises "nothing written": a new SQLite file is not created when the command cannot start."""
+    db = tmp_path / "new.db"
+    config = tmp_path / "space.toml"
+    config.write_text("depth = {low = 6, high = 2}\n")
+    extra = ["--space-config", str(config)] if bad == "bad space config" else []
+    npz = tmp_path / "nonexistent.npz" if bad == "missing data" else tiny_npz
+    rc = main(search_args(db, npz, "--n-trials", "1", *extra))
+    assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("new.db")) == []
+
+
 def test_space_config_is_stored_and_used(tmp_path, tiny_npz):
     config = tmp_path / "space.toml"
     config.write_text("[cnn]\ndepth = {value = 2}\nbatch_size = {choices = [64]}\n")

@@ -1,0 +1,74 @@
+"""Ctrl-C and SIGTERM: every process stops once, quietly, and leaves the study consistent.
+
+A terminal's Ctrl-C reaches every process of the foreground group (hpo launch, its workers, their trial
+processes) and a stopping parent sends SIGTERM on top, so one process can be hit two or three times while it
+marks its running trial FAIL. The first signal raises KeyboardInterrupt; later ones do nothing, so the
+clean-up (Optuna's tell, closing the storage) is never cut short and no second traceback is printed. The
+command's one-line message comes from the CLI; Optuna's failed-trial warning with the interrupt's
+traceback is dropped (the trial is recorded as FAIL all the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_interrupted = False
+
+
+def interrupt_once() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt once in this process; later ones do nothing."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_once)
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by a parent while it started us
+
+
+def _raise_once(signum: int, frame: Any) -> None:
+    # Later signals find this handler still installed and return: switching to SIG_IGN here would make
+    # Python report a signal already pending as "ignored due to race condition", with a traceback.
+    global _interrupted
+    if not _interrupted:
+        _interrupted = True
+        raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """Whether this process was signalled: a KeyboardInterrupt raised inside C code (TensorFlow, a database
+    driver) can surface as another exception, which must still stop the process rather than fail a trial."""
+    return _interrupted
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a child process is started: the child inherits the mask, so a signal
+    during its interpreter start-up waits until interrupt_once() installs its handler (no traceback from
+    Python's start-up code), and this process gets its own pending signal right after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class _DropInterruptedTrials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if interrupted():  # "Trial N failed with parameters ..." and "Trial N failed with value None."
+            return False
+        return not (record.exc_info and record.exc_info[0] and issubclass(record.exc_info[0], KeyboardInterrupt))
+
+
+def hide_interrupted_trial_logs() -> None:
+    """Drop Optuna's "Trial N failed ... KeyboardInterrupt" warnings and traceback (dozens of lines per
+    process), and anything else Optuna logs once this process is stopping. Optuna has no option for it,
+    so the filter sits on the handlers of its library logger."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _DropInterruptedTrials) for f in handler.filters):
+            handler.addFilter(_DropInterruptedTrials())
