@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT
+from hpo_testkit import ROOT
 from cifar_hpo.storage import make_storage
 
 WORKERS = 2
