@@ -125,11 +125,12 @@ def given_for(strategy: str, args: argparse.Namespace, seed: int) -> dict[str, A
 def run_optuna(opened: Any, budget: int) -> None:
     """The service's own worker loop, one finished trial at a time, until the epoch budget is spent."""
     from cifar_hpo.search.runtime.objective import Objective
-    from cifar_hpo.search.runtime.worker import count_trials, run_worker
+    from cifar_hpo.search.runtime.worker import run_worker
+    from cifar_hpo.storage.counting import count_study_trials
 
     objective = Objective(opened.settings, opened.split)
     while epochs_used(opened.study) < budget:
-        run_worker(opened.study, objective, n_trials=count_trials(opened.study).finished + 1)
+        run_worker(opened.study, objective, n_trials=count_study_trials(opened.study).finished + 1)
 
 
 def run_kerastuner(opened: Any, budget: int, workdir: Path) -> None:

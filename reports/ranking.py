@@ -13,19 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-
-@dataclass(frozen=True)
-class TrialCounts:
-    complete: int = 0
-    pruned: int = 0
-    infeasible: int = 0  # pruned because the configuration could not be built (counted in pruned too)
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.complete + self.pruned + self.failed + self.running + self.waiting
+from cifar_hpo.storage.counting import TrialCounts, count_frozen_trials
 
 
 @dataclass(frozen=True)
@@ -89,16 +77,6 @@ class Separation:
                 f"{100 * self.gap:.2f} points vs. combined std {100 * self.spread:.2f} points over seeds.")
 
 
-def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
-    states = {state: 0 for state in TrialState}
-    infeasible = 0
-    for trial in trials:
-        states[trial.state] += 1
-        infeasible += trial.state == TrialState.PRUNED and "infeasible" in trial.user_attrs
-    return TrialCounts(states[TrialState.COMPLETE], states[TrialState.PRUNED], infeasible, states[TrialState.FAIL],
-                       states[TrialState.RUNNING], states[TrialState.WAITING])
-
-
 def find_baseline(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     """The seed baseline trial (the first one marked, preferring a completed one)."""
     marked = [t for t in trials if t.user_attrs.get("baseline")]
@@ -106,7 +84,7 @@ def find_baseline(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     return (complete or marked or [None])[0]
 
 
-def best_value(trial: FrozenTrial) -> float | None:
+def trial_score(trial: FrozenTrial) -> float | None:
     """The objective value of a completed trial, else the best validation accuracy it reported."""
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         return float(trial.value)
@@ -116,7 +94,7 @@ def best_value(trial: FrozenTrial) -> float | None:
 
 def _row(trial: FrozenTrial, rank: int | None, baseline_value: float | None, is_baseline: bool) -> RankedRow:
     attrs = trial.user_attrs
-    value = best_value(trial)
+    value = trial_score(trial)
     gain = None if value is None or baseline_value is None or rank is None else value - baseline_value
     return RankedRow(
         trial=trial.number, state=trial.state.name, rank=rank, val_accuracy=value, params=dict(trial.params),
@@ -232,5 +210,5 @@ class StudyRanking:
 
 def build_ranking(study: str, space: str, settings: Mapping[str, Any], trials: Sequence[FrozenTrial]) -> StudyRanking:
     rows = rank_trials(trials)
-    return StudyRanking(study=study, space=space, settings=dict(settings), counts=count_trials(trials), rows=rows,
+    return StudyRanking(study=study, space=space, settings=dict(settings), counts=count_frozen_trials(trials), rows=rows,
                         unranked=unranked_rows(trials), baseline=baseline_row(rows, trials))

@@ -8,7 +8,6 @@ from typing import Any, Callable
 import optuna
 
 from cifar_hpo.storage.errors import StorageError
-from cifar_hpo.storage.urls import retry_on_disconnect
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -83,45 +82,3 @@ def _wait_for_attrs(storage: optuna.storages.BaseStorage, name: str, attrs: dict
             raise StorageError(f"study {name!r} was just created by another process that did not finish setting it up "
                               f"within {CREATE_WAIT_S:g} s; run the command again, or choose a new --study name")
         time.sleep(CREATE_POLL_S)
-
-
-def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage under a study, if any (Optuna wraps it in a private cache layer)."""
-    storage = study._storage  # Optuna offers no public accessor
-    storage = getattr(storage, "_backend", storage)
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
-
-
-def count_trials_by_state(study: optuna.Study, before: int | None = None) -> dict[optuna.trial.TrialState, int]:
-    """Trials per state (only those numbered below ``before`` if given), as one COUNT query on RDB storages:
-    workers check the budget before every trial, and loading every trial each time grows with the study."""
-    counts = {state: 0 for state in optuna.trial.TrialState}
-    storage = rdb_storage(study)
-    if storage is not None:
-        import sqlalchemy
-        from optuna.storages._rdb.models import TrialModel  # Optuna's own schema, read through its own model
-
-        query = (sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
-                 .where(TrialModel.study_id == study._study_id).group_by(TrialModel.state))
-        if before is not None:
-            query = query.where(TrialModel.number < before)
-        for state, count in _fetch_all(storage, query):
-            counts[state] = count
-        return counts
-    for trial in study.get_trials(deepcopy=False):
-        if before is None or trial.number < before:
-            counts[trial.state] += 1
-    return counts
-
-
-def best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:  # no completed trial yet
-        return None
-
-
-@retry_on_disconnect
-def _fetch_all(storage: optuna.storages.RDBStorage, query: Any) -> list[Any]:
-    with storage.engine.connect() as conn:
-        return list(conn.execute(query))

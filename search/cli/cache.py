@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.models.feature_cache import (
     DiskEntry, default_features_dir, disk_entries, is_cache_dir, max_disk_bytes, prune_disk, remove_entry,
 )
@@ -51,14 +51,14 @@ def run_cache(args: argparse.Namespace) -> int:
         for entry in entries:
             remove_entry(entry.path)
         print(f"cleared {directory}: {len(entries)} entries, {gigabytes(sum(e.size for e in entries))} freed")
-        return 0
+        return ExitCode.OK
     if args.max_gb is not None:
         removed = prune_disk(directory, int(args.max_gb * 2**30))
         print(f"pruned {directory} to {args.max_gb:g} GB: {len(removed)} entries, "
               f"{gigabytes(sum(e.size for e in removed))} freed")
-        return 0
+        return ExitCode.OK
     print(describe(directory, entries, max_disk_bytes()))
-    return 0
+    return ExitCode.OK
 
 
 def gigabytes(size: int) -> str:

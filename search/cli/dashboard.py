@@ -19,7 +19,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.cli.search import STORAGE_HELP, default_storage
 from cifar_hpo.storage.urls import is_memory, mask_url
 
@@ -98,7 +98,8 @@ def _study_path(storage: Any, study: str | None) -> str:
         return "/dashboard"
     from cifar_hpo.storage import open_study
 
-    return f"/dashboard/studies/{open_study(storage, study)._study_id}"
+    open_study(storage, study)  # a missing study is one clear error here, not a blank page later
+    return f"/dashboard/studies/{storage.get_study_id_from_name(study)}"
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
@@ -128,4 +129,4 @@ def run_dashboard(args: argparse.Namespace) -> int:
         print("hpo dashboard: stopped", file=sys.stderr)
     finally:
         server.server_close()
-    return 0
+    return ExitCode.OK

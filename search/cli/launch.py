@@ -12,7 +12,7 @@ from typing import Any
 
 from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_storage_flags, add_study_flags, budget,
                                          given_settings, summary_line)
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
 from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
 
@@ -68,7 +68,7 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifar_hpo.search.cli.progress import StudyProgress
     from cifar_hpo.search.study_setup import open_hpo_study
-    from cifar_hpo.search.runtime.worker import count_trials
+    from cifar_hpo.storage.counting import count_study_trials
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, but got {args.workers}")
@@ -107,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
     progress = StudyProgress(n_trials, f"{args.study} x{args.workers}")
     try:
         while not stop and any(proc.poll() is None for proc in workers):
-            progress.show(count_trials(opened.study))
+            progress.show(count_study_trials(opened.study, with_best=True))
             time.sleep(1.0)
     finally:
         if stop:
             stop_workers(workers)
-        progress.show(count_trials(opened.study))
+        progress.show(count_study_trials(opened.study, with_best=True))
         progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -120,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
     print(summary_line(opened.study))
     if stop:
         print("hpo launch: stopped; running trials were marked FAIL. Run the same command to resume.", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:
         print(f"hpo launch: worker(s) {failed} exited with codes {[codes[i] for i in failed]}", file=sys.stderr)
-        return 2 if all(codes[i] == 2 for i in failed) else 1  # 2: each printed its configuration/storage error
-    return 0
+        # CONFIG: each failed worker printed its configuration/storage error
+        return ExitCode.CONFIG if all(codes[i] == ExitCode.CONFIG for i in failed) else ExitCode.FAILURE
+    return ExitCode.OK
 
 
 def register(subparsers: Any) -> None:

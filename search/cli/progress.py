@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from cifar_hpo.search.runtime.worker import Counts
+from cifar_hpo.storage.counting import TrialCounts
 
 
 class StudyProgress:
@@ -16,7 +16,7 @@ class StudyProgress:
                          disable=True if disable else None)
         self._shown = 0
 
-    def show(self, counts: Counts, baseline_value: float | None = None) -> None:
+    def show(self, counts: TrialCounts, baseline_value: float | None = None) -> None:
         self._bar.update(counts.finished - self._shown)
         self._shown = counts.finished
         postfix = {"pruned": counts.pruned, "failed": counts.failed, "running": counts.running}

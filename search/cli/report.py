@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_hpo.search.cli.search import STORAGE_HELP, add_storage_flags, default_storage
-from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.storage.urls import mask_url
 
 DEFAULT_TOP = 5
@@ -79,7 +79,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(line)
     print(f"report written to {written.folder} ({len(written.files)} files: report.md, report.html, ranking.csv, "
           f"ranking.json, {sum(f.endswith('.png') for f in written.files)} PNG)")
-    return 0
+    return ExitCode.OK
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -110,7 +110,7 @@ def run_export(args: argparse.Namespace) -> int:
     value = f"val accuracy {trial.value:.4f}, " if trial.value is not None else ""
     print(f"exported trial {trial.number} of study {args.study} ({settings.space}, {value}{document['epochs']} epochs) "
           f"to {path}")
-    return 0
+    return ExitCode.OK
 
 
 # ------------------------------------------------------------------------------------------ retrain
@@ -171,7 +171,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_report_text(run.report, CLASS_NAMES))
     print(f"\ntest accuracy {run.accuracy:.4f}; model {out}; metrics {metrics_file}")
-    return 0
+    return ExitCode.OK
 
 
 # ----------------------------------------------------------------------------------------- register

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from cifar_hpo.search.errors import ConfigError, SearchStopped
+from cifar_hpo.search.errors import ConfigError, ExitCode, SearchStopped
 from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
@@ -92,7 +92,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
     study cannot be shared with a child, so it runs here.
     """
     from cifar_hpo.search.cli.progress import StudyProgress
-    from cifar_hpo.search.runtime.worker import count_trials
+    from cifar_hpo.storage.counting import count_study_trials
 
     study = opened.study
     progress = StudyProgress(n_trials, description, disable=quiet)
@@ -108,7 +108,8 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
                            deadline=None if args.timeout is None else time.time() + args.timeout,
                            recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
                            threads=threads)
-            code = run_in_child_processes(job, on_poll=lambda: progress.show(count_trials(study)))
+            code = run_in_child_processes(
+                job, on_poll=lambda: progress.show(count_study_trials(study, with_best=True)))
     finally:
         progress.close()
     if not quiet:
@@ -118,22 +119,23 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
 
 def _run_here(opened: Any, n_trials: int | None, timeout: float | None, progress: Any) -> int:
     from cifar_hpo.search.runtime.objective import Objective
-    from cifar_hpo.search.runtime.worker import count_trials, run_worker
+    from cifar_hpo.search.runtime.worker import run_worker
+    from cifar_hpo.storage.counting import count_study_trials
 
-    progress.show(count_trials(opened.study))
+    progress.show(count_study_trials(opened.study, with_best=True))
     try:
         run_worker(opened.study, Objective(opened.settings, opened.split), n_trials=n_trials, timeout=timeout,
-                   on_trial_end=lambda s, t: progress.show(count_trials(s)))
-    except RuntimeError as err:
+                   on_trial_end=lambda s, t: progress.show(count_study_trials(s, with_best=True)))
+    except SearchStopped as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.FAILURE
+    return ExitCode.OK
 
 
 def summary_line(study: Any) -> str:
-    from cifar_hpo.search.runtime.worker import count_trials
+    from cifar_hpo.storage.counting import count_study_trials
 
-    counts = count_trials(study)
+    counts = count_study_trials(study, with_best=True)
     best = f"{counts.best:.4f}" if counts.best is not None else "none"
     return (f"study {study.study_name}: {counts.finished} finished ({counts.complete} complete, {counts.pruned} pruned), "
             f"{counts.failed} failed; best validation accuracy {best}")
@@ -185,7 +187,7 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
     from cifar_hpo.search.cli.progress import StudyProgress
     from cifar_hpo.search.engines.kerastuner.recorder import ENGINE
     from cifar_hpo.search.engines.kerastuner.tuner import project_dir, run_search, tuner_for
-    from cifar_hpo.search.runtime.worker import count_trials
+    from cifar_hpo.storage.counting import count_study_trials
 
     if opened.settings.engine != ENGINE:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
@@ -197,18 +199,18 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
     n_trials = budget(args, opened.settings.n_trials)
     study = opened.study
     progress = StudyProgress(n_trials, args.study)
-    progress.show(count_trials(study))
+    progress.show(count_study_trials(study, with_best=True))
     try:
         run_search(opened, tuner, n_trials=n_trials, timeout=args.timeout, directory=directory,
-                   on_trial_end=lambda: progress.show(count_trials(study)),
+                   on_trial_end=lambda: progress.show(count_study_trials(study, with_best=True)),
                    on_note=lambda note: print(f"hpo search: {note}", file=sys.stderr))
     except SearchStopped as err:
         print(f"hpo: search stopped: {err}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILURE
     finally:
         progress.close()
     print(summary_line(study))
-    return 0
+    return ExitCode.OK
 
 
 def register(subparsers: Any) -> None:

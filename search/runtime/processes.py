@@ -19,14 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from cifar_hpo.search.errors import ExitCode, SearchStopped
 from cifar_hpo.search.runtime.interrupts import interrupted, signals_held
 
 _logger = logging.getLogger(__name__)
 
-EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-# "Hand over to a fresh process": 100 + how many of the worker's last trials failed in a row, so the
-# consecutive-failure limit holds across processes (a setup that fails every trial must stop the worker).
-EXIT_RECYCLE = 100
+# A trial process that hands over to a fresh one exits ExitCode.RECYCLE + how many of the worker's last
+# trials failed in a row, so the consecutive-failure limit holds across processes (a setup that fails
+# every trial must stop the worker).
 MAX_CRASHES = 3
 
 
@@ -60,7 +60,7 @@ def child_main(job: ChildJob) -> None:
         interrupt_once()  # also delivers a signal held since the parent started this process
         sys.exit(_run_child(job))
     except KeyboardInterrupt:  # the running trial is marked FAIL; the parent speaks for this process
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 def _run_child(job: ChildJob) -> int:
@@ -79,29 +79,29 @@ def _run_child(job: ChildJob) -> int:
         objective = Objective(opened.settings, opened.split)
     except CONFIGURATION_ERRORS as err:
         print(f"hpo: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
     try:
         outcome = run_worker(opened.study, objective, n_trials=job.n_trials, timeout=timeout,
                              max_trials=job.recycle_after, failures_in_a_row=job.failures_in_a_row)
     except CONFIGURATION_ERRORS as err:  # e.g. StorageError: the disk is full; the user fixes it and resumes
         print(f"hpo: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except RuntimeError as err:
+        return ExitCode.CONFIG
+    except SearchStopped as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     if outcome.reason == "recycle":
         assert outcome.failures_in_a_row < MAX_CONSECUTIVE_FAILURES  # run_worker raised otherwise
-        return EXIT_RECYCLE + outcome.failures_in_a_row
-    return EXIT_DONE
+        return ExitCode.RECYCLE + outcome.failures_in_a_row
+    return ExitCode.OK
 
 
 def recycled_failures(code: int | None) -> int | None:
     """For a child's exit code: the failures in a row it hands over if it asks to be recycled, else None."""
     from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES
 
-    if code is not None and EXIT_RECYCLE <= code < EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES:
-        return code - EXIT_RECYCLE
+    if code is not None and ExitCode.RECYCLE <= code < ExitCode.RECYCLE + MAX_CONSECUTIVE_FAILURES:
+        return code - ExitCode.RECYCLE
     return None
 
 
@@ -144,12 +144,12 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if carried is not None:
             job = dataclasses.replace(job, failures_in_a_row=carried)
             continue
-        if code in (EXIT_DONE, EXIT_FAILED, EXIT_CONFIG):
+        if code in (ExitCode.OK, ExitCode.FAILURE, ExitCode.CONFIG):
             return code
-        if code == EXIT_INTERRUPTED or code == -signal.SIGTERM:
+        if code == ExitCode.INTERRUPTED or code == -signal.SIGTERM:
             raise KeyboardInterrupt
         crashes += 1  # killed by a signal or the OOM killer: its trial is failed and retried via heartbeats
         print(f"hpo: trial process died (exit {code}); starting a new one", file=sys.stderr)
         if crashes >= MAX_CRASHES:
             print(f"hpo: {crashes} trial processes died; stopping this worker", file=sys.stderr)
-            return EXIT_FAILED
+            return ExitCode.FAILURE

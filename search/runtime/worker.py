@@ -18,19 +18,18 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from cifar_hpo.search.errors import SearchStopped
 from cifar_hpo.search.runtime.interrupts import interrupted
 from cifar_hpo.storage.errors import StorageError
-from cifar_hpo.storage.studies import best_value, count_trials_by_state, rdb_storage
+from cifar_hpo.storage.counting import count_study_trials, rdb_storage
 from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
 
 _logger = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
 MAX_STORAGE_ERRORS = 10
 MAX_CONSECUTIVE_FAILURES = 5
 REAPER_CHECKS_PER_INTERVAL = 4
-ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -46,31 +45,10 @@ class _BudgetReached(Exception):
     """Raised in a trial that another worker's trials already made surplus (a race between two asks)."""
 
 
-@dataclass(frozen=True)
-class Counts:
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-    best: float | None = None
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
-
-
-def count_trials(study: optuna.Study, with_best: bool = True) -> Counts:
-    by_state = count_trials_by_state(study)
-    return Counts(by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED], by_state[TrialState.FAIL],
-                  by_state[TrialState.RUNNING], by_state[TrialState.WAITING],
-                  best_value(study) if with_best and by_state[TrialState.COMPLETE] else None)
-
-
 def _active_before(trial: optuna.trial.Trial) -> int:
     """Trials numbered before ``trial`` that are finished or running (they hold a place in the budget)."""
-    counts = count_trials_by_state(trial.study, before=trial.number)
-    return sum(counts[state] for state in ACTIVE)
+    counts = count_study_trials(trial.study, before=trial.number)
+    return counts.finished + counts.running
 
 
 def _heartbeat_interval(study: optuna.Study) -> int | None:
@@ -123,7 +101,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
 
     A failing trial fails only that trial; ``max_consecutive_failures`` in a row (counting the
     ``failures_in_a_row`` a previous process of this worker ended with) means something is wrong with the
-    setup, not the trial, and stops the worker with RuntimeError.
+    setup, not the trial, and stops the worker with SearchStopped.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     ran, storage_errors, failures = 0, 0, failures_in_a_row
@@ -171,7 +149,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
         else:
             failures = failures + 1 if trial.state == TrialState.FAIL else 0
             if failures >= max_consecutive_failures:
-                raise RuntimeError(f"{failures} trials failed in a row; see the errors above")
+                raise SearchStopped(f"{failures} trials failed in a row; see the errors above")
             if max_trials is not None and ran >= max_trials:
                 stop_reason = "recycle"
             elif not go_on():
@@ -197,7 +175,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 # The database went away between calls that are not retried (ask/tell): wait and go on.
                 storage_errors += 1
                 if storage_errors > MAX_STORAGE_ERRORS:
-                    raise RuntimeError(f"storage keeps failing: {database_message(err)}") from err
+                    raise SearchStopped(f"storage keeps failing: {database_message(err)}") from err
                 _logger.warning("storage error (%s); retrying in %.0f s", database_message(err), poll_seconds)
                 time.sleep(poll_seconds)
                 continue
@@ -223,8 +201,7 @@ def _fail_running_trial(study: optuna.Study, current: list[optuna.trial.Trial]) 
     read-only file does not); otherwise its heartbeat goes stale and another worker fails it later."""
     for trial in current:
         try:
-            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except Exception as err:  # the storage refuses: nothing more this worker can do
             _logger.debug("could not mark trial %d FAIL: %s", trial.number, err)
 
@@ -238,7 +215,7 @@ def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float
     while n_trials is not None:
         if deadline is not None and time.monotonic() >= deadline:
             return 0, 0
-        counts = count_trials(study, with_best=False)
+        counts = count_study_trials(study)
         if counts.finished >= n_trials:
             return 0, counts.running
         slack = n_trials - counts.finished - counts.running

@@ -16,7 +16,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from cifar_hpo.reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, format_report_text, stored_runs, summarize
-from cifar_hpo.reports.ranking import build_ranking, count_trials, rank_by_test, rank_trials, separation, top_rows
+from cifar_hpo.reports.ranking import build_ranking, rank_by_test, rank_trials, separation, top_rows
+from cifar_hpo.storage.counting import count_frozen_trials
 from cifar_hpo.reports.render import ReportMeta, class_table, ranking_csv, report_blocks, to_html, to_markdown
 from cifar_hpo.search.cli import main
 from cifar_hpo.search.models.data import CLASS_NAMES
@@ -43,7 +44,7 @@ def test_rank_trials_orders_by_validation_and_counts_gain_over_baseline() -> Non
     for row in rows:
         assert row.gain_vs_baseline == pytest.approx(row.val_accuracy - 0.45)
     assert rows[0].best_epoch == 3 and rows[0].params["depth"] == 2 and rows[0].n_params == 1003
-    counts = count_trials(trials)
+    counts = count_frozen_trials(trials)
     assert (counts.complete, counts.pruned, counts.failed) == (6, 1, 1)
 
 

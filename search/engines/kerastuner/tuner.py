@@ -215,12 +215,12 @@ def _inject_first(oracle: Any, params: dict[str, Any]) -> None:
     draw = oracle._random_values
 
     def first_then_random() -> dict[str, Any] | None:
-        if not oracle._duplicate(params):
-            oracle._random_values = draw
+        if not oracle._duplicate(params):  # no public API for this check either
+            oracle._random_values = draw  # no public API: restore the oracle's own draw
             return dict(params)
         return draw()
 
-    oracle._random_values = first_then_random
+    oracle._random_values = first_then_random  # no public API to queue a trial (see above)
 
 
 @dataclass
@@ -286,7 +286,7 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
     ``directory`` is KerasTuner's project directory (its oracle state and checkpoints); it must lie directly
     inside ``root`` (see project_dir): it is the only folder this function may delete.
     """
-    from cifar_hpo.search.runtime.worker import count_trials
+    from cifar_hpo.storage.counting import count_study_trials
 
     checked_project_dir(directory, root)
     study = opened.study
@@ -296,7 +296,7 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def why_stop() -> str | None:
-        if n_trials is not None and count_trials(study, with_best=False).finished >= n_trials:
+        if n_trials is not None and count_study_trials(study).finished >= n_trials:
             return "n_trials"
         if deadline is not None and time.monotonic() >= deadline:
             return "timeout"

@@ -5,7 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, WorkerExit, run_worker
-from cifar_hpo.search.runtime.processes import EXIT_DONE, EXIT_RECYCLE, recycled_failures
+from cifar_hpo.search.errors import ExitCode, SearchStopped
+from cifar_hpo.search.runtime.processes import recycled_failures
 
 
 def failing(trial: optuna.trial.Trial) -> float:
@@ -28,7 +29,7 @@ def test_recycle_hands_over_the_failures_in_a_row():
     s = study()
     assert run_worker(s, failing, n_trials=10, max_trials=2) == WorkerExit("recycle", 2)
     # the next trial process starts from 2 and stops the worker at the limit, not after 5 more
-    with pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row"):
+    with pytest.raises(SearchStopped, match=f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row"):
         run_worker(s, failing, n_trials=10, max_trials=5, failures_in_a_row=2)
     assert len(s.trials) == 2 + (MAX_CONSECUTIVE_FAILURES - 2)
 
@@ -46,7 +47,7 @@ def test_a_success_resets_the_count():
 
 
 def test_exit_codes_carry_the_failures():
-    assert recycled_failures(EXIT_RECYCLE) == 0
-    assert recycled_failures(EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES - 1) == MAX_CONSECUTIVE_FAILURES - 1
-    assert recycled_failures(EXIT_RECYCLE + MAX_CONSECUTIVE_FAILURES) is None
-    assert recycled_failures(EXIT_DONE) is None and recycled_failures(None) is None
+    assert recycled_failures(ExitCode.RECYCLE) == 0
+    assert recycled_failures(ExitCode.RECYCLE + MAX_CONSECUTIVE_FAILURES - 1) == MAX_CONSECUTIVE_FAILURES - 1
+    assert recycled_failures(ExitCode.RECYCLE + MAX_CONSECUTIVE_FAILURES) is None
+    assert recycled_failures(ExitCode.OK) is None and recycled_failures(None) is None
