@@ -20,11 +20,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifar_hpo.reports.errors import ReportError
 from cifar_hpo.spaces import SPACE_NAMES, get_space_module
+from cifar_hpo.spaces.bounds import space_bounds
 
 FORMAT_VERSION = 1
 KIND = "cifar-hpo-config"
 LIBRARIES = ("tensorflow", "keras", "optuna", "scikit-learn", "numpy", "cifar-hpo")
 DATA_FIELDS = ("path", "fingerprint", "val_size", "subset", "seed")
+# Test-time augmentation a study scores validation and test images with (hpo search --tta).
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ExportedConfig:
     epochs: int
     seed: int
     weights: str | None
+    tta: str  # test-time augmentation the study scored with ("none" for exports written before it existed)
     study: str | None
     trial: int | None
     versions: dict[str, str | None]
@@ -78,6 +82,7 @@ def build_export(study_name: str, trial: FrozenTrial, settings: Mapping[str, Any
         "epochs": export_epochs(trial, settings.get("epochs", 1)),
         "seed": int(settings.get("seed", 0)) + trial.number,  # the seed the trial itself trained with
         "weights": settings.get("weights") if settings["space"] != "cnn" else None,
+        "tta": settings.get("tta") or "none",
         "source": {
             "study": study_name, "trial": trial.number, "state": trial.state.name,
             "baseline": bool(trial.user_attrs.get("baseline", False)),
@@ -136,10 +141,13 @@ def parse_export(document: Any, where: str = "config", source: str = "") -> Expo
         raise ReportError(f"{where}: 'epochs' must be an integer >= 1, but got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ReportError(f"{where}: 'seed' must be an integer, but got {seed!r}")
+    tta = document.get("tta", "none")
+    if tta not in TTA_MODES:
+        raise ReportError(f"{where}: 'tta' must be one of {list(TTA_MODES)}, but got {tta!r}")
     origin = document.get("source") or {}
     return ExportedConfig(
         space=space, params=dict(params), config=config, data={k: data.get(k) for k in DATA_FIELDS},
-        epochs=epochs, seed=seed, weights=document.get("weights"), study=origin.get("study"),
+        epochs=epochs, seed=seed, weights=document.get("weights"), tta=tta, study=origin.get("study"),
         trial=origin.get("trial"), versions=dict(document.get("versions") or {}), source=source,
     )
 
@@ -147,11 +155,14 @@ def parse_export(document: Any, where: str = "config", source: str = "") -> Expo
 def config_from_export(space: str, params: Mapping[str, Any], where: str) -> Any:
     """The space's Config from exported params: unknown, missing or invalid parameters are ReportErrors."""
     module = get_space_module(space)
-    expected = [f.name for f in dataclasses.fields(module.Config)]
+    fields = dataclasses.fields(module.Config)
+    # Parameter names are the space's bounds (as trials record them) or the Config's fields (older exports).
+    expected = sorted({f.name for f in fields} | set(space_bounds(module.Space())))
     unknown = [name for name in params if name not in expected]
     if unknown:
         raise ReportError(f"{where}: unknown parameter(s) {unknown} for space {space!r}; expected {expected}")
-    missing = [name for name in expected if name not in params]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in params and not _derived(name, params)]
     if missing:
         raise ReportError(f"{where}: missing parameter(s) {missing} for space {space!r}")
     bad = [name for name, value in params.items() if isinstance(value, float) and not math.isfinite(value)]
@@ -161,3 +172,13 @@ def config_from_export(space: str, params: Mapping[str, Any], where: str) -> Any
         return module.config_from_params(dict(params))
     except (ValueError, TypeError) as err:
         raise ReportError(f"{where}: invalid parameters for space {space!r}: {err}") from None
+
+
+def _derived(name: str, params: Mapping[str, Any]) -> bool:
+    """A Config field the space derives instead of asking (conditional parameters): the learning rate from
+    ``<optimizer>_learning_rate``, and what residual blocks or a too-deep unpadded network imply."""
+    if name == "learning_rate":
+        return any(key.endswith("_learning_rate") for key in params)
+    if name in ("kernel_size", "batch_norm"):
+        return params.get("block") == "residual"
+    return name == "padding"

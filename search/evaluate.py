@@ -98,7 +98,7 @@ def train_and_evaluate(settings: StudySettings, candidate: Candidate, split: Spl
     model, result = retrain(settings.space, candidate.params, split, epochs=candidate.epochs, seed=seed,
                             settings=settings)
     try:
-        y_pred = predict_labels(model, data.x_test)
+        y_pred = predict_labels(model, data.x_test, tta=settings.tta)
     finally:
         clear_tensorflow_state()
     accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
@@ -121,13 +121,11 @@ def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, se
     return get_trainer(space)(config, split, epochs=epochs, trial=None, seed=seed, settings=settings)
 
 
-def predict_labels(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class ids for raw uint8 images, through the same input pipeline as training."""
-    from cifar_hpo.search.models.data import make_dataset
+def predict_labels(model: Any, x: np.ndarray, tta: str = "none", batch_size: int = 256) -> np.ndarray:
+    """Class ids for raw uint8 images, with the study's test-time augmentation (as validation was scored)."""
+    from cifar_hpo.search.models.training import predict_probabilities
 
-    dataset = make_dataset(x, np.zeros(len(x), dtype=np.int32), batch_size, shuffle=False)
-    probabilities = model.predict(dataset, verbose=0)
-    return np.asarray(probabilities).argmax(axis=-1)
+    return predict_probabilities(model, x, tta, batch_size).argmax(axis=-1)
 
 
 def settings_for_export(exported: ExportedConfig, data_override: str | None, epochs: int | None,
@@ -145,7 +143,7 @@ def settings_for_export(exported: ExportedConfig, data_override: str | None, epo
         "data_fingerprint": data.get("fingerprint"),
         "val_size": data.get("val_size"), "seed": data.get("seed"),
         "subset": data.get("subset") if subset is None else (None if subset == ALL_IMAGES else subset),
-        "epochs": epochs or exported.epochs, "weights": weights or exported.weights,
+        "epochs": epochs or exported.epochs, "weights": weights or exported.weights, "tta": exported.tta,
     }
     try:
         settings = StudySettings(**{k: v for k, v in values.items() if v is not None})
@@ -159,7 +157,7 @@ def retrain_exported(exported: ExportedConfig, settings: StudySettings, data: Ci
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     model, result = retrain(exported.space, exported.params, split, epochs=settings.epochs, seed=seed,
                             settings=settings)
-    y_pred = predict_labels(model, data.x_test)
+    y_pred = predict_labels(model, data.x_test, tta=settings.tta)
     accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
     run = EvalRun(key=f"t{exported.trial}" if exported.trial is not None else "config", trial=exported.trial,
                   baseline=False, epochs=settings.epochs, seed=seed, accuracy=accuracy, report=report,

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.reports.export import TTA_MODES
 from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
 FORMAT = 1
@@ -22,6 +23,10 @@ ENGINES = ("optuna", "kerastuner")
 BUDGET_FIELDS = ("n_trials", "timeout")
 # The data's location may differ between machines; its fingerprint may not.
 LOCAL_FIELDS = ("data",)
+
+# Settings that did not exist when older studies were created, with the meaning those studies had: a study
+# keeps meaning what it meant when it is resumed, reported or retrained.
+LEGACY_DEFAULTS: dict[str, Any] = {"tta": "none", "priors": False}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -44,9 +49,16 @@ class StudySettings:
     engine: str = "optuna"
     n_trials: int | None = None
     timeout: float | None = None
+    tta: str | None = None  # test-time augmentation of validation and test scoring; None: the space's default
+    priors: bool = True  # enqueue the space's strong known recipes after the baseline
 
     def __post_init__(self) -> None:
+        if self.tta is None:  # horizontal flips for the cnn space; inception scores cached features unflipped
+            object.__setattr__(self, "tta", "flip" if self.space == "cnn" else "none")
         checks = [
+            (self.tta in TTA_MODES, f"--tta must be one of {list(TTA_MODES)}, but got {self.tta!r}"),
+            (self.tta == "none" or self.space == "cnn",
+             f"--tta {self.tta} is implemented for the cnn space only, but got space {self.space!r}"),
             (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
             (self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, but got {self.pruner!r}"),
             (self.engine in ENGINES, f"--engine must be one of {list(ENGINES)}, but got {self.engine!r}"),
@@ -70,7 +82,7 @@ class StudySettings:
             raise ConfigError(f"study {study.study_name!r} was not created by hpo (no {SETTINGS_ATTR} attribute)")
         if attrs.get(FORMAT_ATTR, 0) > FORMAT:
             raise ConfigError(f"study {study.study_name!r} was written by a newer hpo (format {attrs[FORMAT_ATTR]}); upgrade cifar-hpo")
-        stored = dict(attrs[SETTINGS_ATTR])
+        stored = {**LEGACY_DEFAULTS, **attrs[SETTINGS_ATTR]}
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in stored.items() if k in known})
 
@@ -146,7 +158,10 @@ def make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
         return TrialSeededRandomSampler(settings.seed)
     # Optuna's 10 random start-up trials are half of a 20-trial study; start modelling after a quarter.
     startup = max(5, min(10, (settings.n_trials or 40) // 4))
-    return TrialSeededTPESampler(settings.seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
+    # group=True: the cnn space has conditional parameters (per-optimizer learning rates, padding only where
+    # it fits); grouped multivariate TPE models each set of parameters that occur together.
+    return TrialSeededTPESampler(settings.seed, multivariate=True, group=True, constant_liar=True,
+                                 n_startup_trials=startup)
 
 
 # Hyperband keeps the best 1/3 at each rung (the KerasTuner engine's Hyperband uses the same factor).

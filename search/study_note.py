@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from cifar_hpo.search.settings import StudySettings
+from cifar_hpo.spaces import get_space_module
 from cifar_hpo.spaces.bounds import describe, space_bounds
 
 _logger = logging.getLogger(__name__)
@@ -36,7 +37,14 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         f"- **Budget**: {', '.join(budget)}",
         f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",
         f"- **Engine**: {settings.engine}; seed baseline enqueued first: {'yes' if settings.baseline else 'no'}",
+        "- **Scoring**: validation (and later test) accuracy "
+        + ("with horizontal-flip test-time augmentation (predictions of each image and its mirror averaged)"
+           if settings.tta == "flip" else "without test-time augmentation"),
     ]
+    priors = getattr(get_space_module(settings.space), "PRIORS", {}) if settings.priors and settings.engine == "optuna" else {}
+    if priors:
+        lines.append("- **Priors** enqueued after the baseline (strong known recipes, `--no-priors` turns them off): "
+                     + ", ".join(f"`{name}`" for name in priors))
     if settings.space == "inception":
         lines.append(f"- **Weights**: `{settings.weights}`")
     lines += [

@@ -64,6 +64,8 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
         note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
         if note:
             notes.append(note)
+        if settings.priors and settings.engine == "optuna":  # KerasTuner draws its own first trials
+            notes.extend(enqueue_priors(study, settings.space, space))
 
     study, created = create_or_load_study(storage, name, settings.to_attrs(), sampler=make_sampler(settings),
                                           pruner=make_pruner(settings), prepare=prepare)
@@ -151,3 +153,16 @@ def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
         return f"seed baseline not enqueued: its {', '.join(outside)} lie outside this study's bounds"
     study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
     return ""
+
+
+def enqueue_priors(study: optuna.Study, space_name: str, space: Any) -> list[str]:
+    """Queue the space's strong known recipes (after the baseline); those the bounds exclude are skipped."""
+    notes = []
+    for name, config in getattr(get_space_module(space_name), "PRIORS", {}).items():
+        params = config.to_params()
+        outside = outside_bounds(space, params)
+        if outside:
+            notes.append(f"prior {name!r} not enqueued: its {', '.join(outside)} lie outside this study's bounds")
+            continue
+        study.enqueue_trial(params, user_attrs={"prior": name}, skip_if_exists=True)
+    return notes

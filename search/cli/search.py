@@ -62,6 +62,10 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the sampler, split and trials (default 0)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not enqueue the hand-tuned seed baseline as the first trial")
+    parser.add_argument("--no-priors", action="store_true",
+                        help="do not enqueue the space's strong known recipes after the baseline")
+    parser.add_argument("--tta", choices=("none", "flip"),
+                        help="test-time augmentation of validation and test scoring (default: flip for cnn)")
     parser.add_argument("--weights", metavar="imagenet|PATH",
                         help="inception space: ImageNet weights through Keras (default) or a .weights.h5 file")
 
@@ -72,6 +76,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "space": args.space, "engine": args.engine, "sampler": args.sampler, "pruner": args.pruner,
         "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
+        "priors": False if args.no_priors else None, "tta": args.tta,
         "n_trials": args.n_trials, "timeout": args.timeout,
     }
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import keras
 
+from cifar_hpo.reports.export import TTA_MODES
 from cifar_hpo.search.errors import MissingMetricError
 
 MONITOR = "val_accuracy"
@@ -131,21 +132,107 @@ class TrainResult:
         }
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float, *, schedule: str = "constant",
-                   decay_steps: int = 0) -> keras.optimizers.Optimizer:
-    """Adam (decoupled weight decay) or SGD with Nesterov momentum; optional cosine decay over the run."""
-    lr: Any = learning_rate
+@keras.saving.register_keras_serializable(package="cifar_hpo")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle: linear rise from peak/25 to ``peak`` over the first 30% of the steps, then linear decay
+    to peak/2500 (Smith's super-convergence shape, as fast CIFAR-10 trainers use)."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.3) -> None:
+        self.peak, self.total_steps, self.warmup_fraction = float(peak), int(total_steps), float(warmup_fraction)
+
+    def __call__(self, step: Any) -> Any:
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        up = max(1.0, self.warmup_fraction * self.total_steps)
+        down = max(1.0, self.total_steps - up)
+        start, end = self.peak / 25.0, self.peak / 2500.0
+        rising = start + (self.peak - start) * step / up
+        falling = self.peak + (end - self.peak) * ops.minimum(1.0, (step - up) / down)
+        return ops.where(step < up, rising, falling)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}
+
+
+def make_schedule(schedule: str, learning_rate: float, decay_steps: int, steps_per_epoch: int = 1) -> Any:
+    """The learning rate over the run: constant, cosine (to 1%), linear warm-up for one epoch (at most 10% of
+    the run) then cosine to 0, or one-cycle. Warm-up matters for batch norm with high learning rates."""
+    if schedule == "constant":
+        return learning_rate
+    if schedule not in ("cosine", "warmup_cosine", "one_cycle"):
+        raise ValueError(f"schedule must be one of constant, cosine, warmup_cosine, one_cycle, but got {schedule!r}")
+    if decay_steps < 1:
+        raise ValueError(f"{schedule} schedule needs decay_steps >= 1, but got decay_steps={decay_steps}")
     if schedule == "cosine":
-        if decay_steps < 1:
-            raise ValueError(f"cosine schedule needs decay_steps >= 1, but got decay_steps={decay_steps}")
-        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
-    elif schedule != "constant":
-        raise ValueError(f"schedule must be 'constant' or 'cosine', but got schedule={schedule!r}")
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
+    if schedule == "one_cycle":
+        return OneCycle(learning_rate, decay_steps)
+    warmup = max(1, min(steps_per_epoch, decay_steps // 10))
+    return keras.optimizers.schedules.CosineDecay(learning_rate / 10, max(1, decay_steps - warmup), alpha=0.0,
+                                                  warmup_target=learning_rate, warmup_steps=warmup)
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float, *, schedule: str = "constant",
+                   decay_steps: int = 0, steps_per_epoch: int = 1, use_ema: bool = False,
+                   ema_momentum: float = 0.99) -> keras.optimizers.Optimizer:
+    """Adam (decoupled weight decay) or SGD with Nesterov momentum, a schedule over the run, optional
+    exponential moving average of the weights (validated and kept through keras.callbacks.SwapEMAWeights)."""
+    lr = make_schedule(schedule, learning_rate, decay_steps, steps_per_epoch)
+    common: dict[str, Any] = {"weight_decay": weight_decay or None, "use_ema": use_ema, "ema_momentum": ema_momentum}
     if name == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=weight_decay or None)
+        return keras.optimizers.Adam(lr, **common)
     if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay or None)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **common)
     raise ValueError(f"optimizer must be 'adam' or 'sgd', but got optimizer={name!r}")
+
+
+
+
+def predict_probabilities(model: keras.Model, x: Any, tta: str = "none", batch_size: int = 500) -> Any:
+    """Class probabilities for raw uint8 images; ``tta="flip"`` averages them with the horizontally flipped
+    images' (test-time augmentation). Validation scoring and the final test evaluation both come here, so
+    the study's search and its report score images the same way."""
+    import numpy as np
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {list(TTA_MODES)}, but got tta={tta!r}")
+    probabilities = _predict(model, x, batch_size)
+    if tta == "flip":
+        probabilities = (probabilities + _predict(model, x[:, :, ::-1], batch_size)) / 2
+    return np.asarray(probabilities)
+
+
+def _predict(model: keras.Model, x: Any, batch_size: int) -> Any:
+    import numpy as np
+
+    out = [model(np.asarray(x[i:i + batch_size], dtype="float32"), training=False) for i in range(0, len(x), batch_size)]
+    return np.concatenate([np.asarray(o, dtype="float32") for o in out])
+
+
+class ValidationScorer(keras.callbacks.Callback):
+    """Scores the validation split after each epoch into ``val_accuracy`` (what pruning and the trial's value
+    read), with the study's test-time augmentation; ``val_accuracy_plain`` keeps the un-augmented score."""
+
+    def __init__(self, x_val: Any, y_val: Any, tta: str = "none", batch_size: int = 500) -> None:
+        super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {list(TTA_MODES)}, but got tta={tta!r}")
+        self.x_val, self.y_val, self.tta, self.batch_size = x_val, y_val, tta, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        import numpy as np
+
+        if logs is None:
+            return
+        labels = np.asarray(self.y_val).reshape(-1)
+        plain = _predict(self.model, self.x_val, self.batch_size)
+        logs["val_accuracy_plain"] = float((plain.argmax(-1) == labels).mean())
+        if self.tta == "flip":
+            flipped = _predict(self.model, self.x_val[:, :, ::-1], self.batch_size)
+            logs[MONITOR] = float((((plain + flipped) / 2).argmax(-1) == labels).mean())
+        else:
+            logs[MONITOR] = logs["val_accuracy_plain"]
 
 
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
@@ -161,8 +248,9 @@ def fit_tracked(model: keras.Model, train_ds: Any, val_ds: Any, *, epochs: int, 
     epochs run here."""
     pruning, timer = PruningCallback(trial, step_offset=step_offset), EpochTimer()
     start = time.perf_counter()
+    # ``callbacks`` run before pruning reads the epoch's logs (a ValidationScorer writes val_accuracy there).
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
-                        shuffle=False, callbacks=[timer, pruning, *(callbacks or [])])
+                        shuffle=False, callbacks=[timer, *(callbacks or []), pruning])
     fit_seconds = time.perf_counter() - start
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},

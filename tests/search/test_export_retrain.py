@@ -9,10 +9,10 @@ from typing import Any
 import optuna
 import pytest
 
+from cifar_hpo.reports.errors import ReportError
 from cifar_hpo.reports.export import FORMAT_VERSION, parse_export, read_export
 from cifar_hpo.search.cli import main
 from cifar_hpo.search.models.data import CLASS_NAMES, load_cifar10
-from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.settings import StudySettings
 from hpo_testkit import SMALL_CNN, make_trial, sqlite_url
 
@@ -137,9 +137,9 @@ def test_bad_config_files_are_one_line_errors(change: Any, expected: str, tmp_pa
 
 @pytest.mark.parametrize("content, expected", [("{not json", "not valid JSON"), ("[1, 2]", "not an hpo config")])
 def test_unreadable_config_files(content: str, expected: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=expected):
+    with pytest.raises(ReportError, match=expected):
         read_export(write(tmp_path, content))
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ReportError, match="does not exist"):
         read_export(tmp_path / "missing.json")
 
 

@@ -57,7 +57,8 @@ def cnn_objective(trial) -> float:
 
 
 def study_flags(tiny_npz, n_trials: int) -> dict:
-    return {"data": str(tiny_npz), "val_size": 100, "epochs": 1, "seed": 7, "baseline": False, "n_trials": n_trials}
+    return {"data": str(tiny_npz), "val_size": 100, "epochs": 1, "seed": 7, "baseline": False, "priors": False,
+            "n_trials": n_trials}
 
 
 def test_resumes_and_joined_workers_never_repeat_start_up_draws(tmp_path, tiny_npz):

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A CNN small enough to train in a second on the tiny synthetic data.
 SMALL_CNN = dict(BASELINE.to_params(), depth=2, base_filters=16, filter_growth=1.0, dense_units=64, batch_size=64,
-                 padding="same", head="global_avg", learning_rate=3e-3)
+                 padding="same", head="global_avg", adam_learning_rate=3e-3)
 
 # The distributions Optuna records for the default cnn space (what a real study's trials carry).
 DISTRIBUTIONS = optuna_distributions(build_space("cnn"))

@@ -23,7 +23,7 @@ def _build_cnn(config: Any, stats: tuple[Any, Any], n_train: int, epochs: int, s
     return model
 
 
-# Spaces whose model KerasTuner builds and fits itself (Hyperband then resumes checkpoints natively):
+# Spaces whose model KerasTuner builds and fits itself (their inputs come from the space's trainer module) (Hyperband then resumes checkpoints natively):
 # space -> builder(config, (mean, variance), n_train, max_epochs, seed) -> compiled model. The config must
 # have ``batch_size``. Other spaces are trained by their trainer (cifar_hpo.search.runtime.objective.TRAINERS).
 BUILDERS: dict[str, Callable[..., Any]] = {"cnn": _build_cnn}
@@ -84,7 +84,7 @@ class SpaceHyperModel(kt.HyperModel):
                            ctx.active.seed)
 
     def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
-        from cifar_hpo.search.models.data import make_dataset
+        from cifar_hpo.search.models.cnn import cnn_inputs
         from cifar_hpo.search.models.training import fit_tracked, steps_per_epoch
 
         ctx, active = self.ctx, self.ctx.active
@@ -95,10 +95,10 @@ class SpaceHyperModel(kt.HyperModel):
         epochs = int(kwargs.get("epochs", ctx.settings.epochs))
         if initial:  # resume the learning-rate schedule where the earlier round stopped
             model.optimizer.iterations.assign(initial * steps_per_epoch(len(split.x_train), batch_size))
-        train_ds = make_dataset(split.x_train, split.y_train, batch_size, shuffle=True, seed=active.seed)
-        val_ds = make_dataset(split.x_val, split.y_val, 512, shuffle=False)
-        # KerasTuner's callbacks (e.g. the checkpoint Hyperband continues from) ride along.
-        active.result = fit_tracked(model, train_ds, val_ds, epochs=epochs, initial_epoch=initial,
+        inputs = cnn_inputs(active.config, split, seed=active.seed, tta=ctx.settings.tta)
+        # KerasTuner's callbacks (e.g. the checkpoint Hyperband continues from) come after the validation
+        # scorer, so they read the same val_accuracy as the trial.
+        active.result = fit_tracked(model, inputs.train, None, epochs=epochs, initial_epoch=initial,
                                     n_train=len(split.x_train), trial=ReportOnly(active.trial),
-                                    callbacks=list(kwargs.get("callbacks", [])))
+                                    callbacks=[*inputs.callbacks, *kwargs.get("callbacks", [])])
         return {OBJECTIVE: active.result.best_val_accuracy}

@@ -42,14 +42,15 @@ class StudyRecorder:
 
     def begin(self, params: dict[str, Any], attrs: dict[str, Any]) -> optuna.trial.Trial:
         """A RUNNING trial with ``params``; the enqueued seed baseline is taken when these are its params."""
+        distributions = {name: self.distributions[name] for name in params}
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting and waiting[0].user_attrs.get("baseline") and waiting[0].system_attrs.get("fixed_params") == params:
             with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": none is needed here
                 warnings.simplefilter("ignore", UserWarning)
-                trial = self.study.ask(self.distributions)  # pops the oldest WAITING trial: the baseline
+                trial = self.study.ask(distributions)  # pops the oldest WAITING trial: the baseline
         else:
             template = optuna.trial.create_trial(state=TrialState.RUNNING, params=params,
-                                                 distributions=self.distributions)
+                                                 distributions=distributions)
             # No public API creates a RUNNING trial with given params and hands it back: Study.add_trial returns
             # None, and enqueue_trial + ask pops the oldest WAITING trial (the baseline may wait ahead of it).
             trial_id = self.study._storage.create_new_trial(self.study._study_id, template_trial=template)

@@ -41,6 +41,8 @@ def params_from_values(space: Any, values: dict[str, Any]) -> dict[str, Any]:
     """The space's parameters from KerasTuner's values (without its ``tuner/...`` entries), typed and on grid."""
     params: dict[str, Any] = {}
     for name, bound in space_bounds(space).items():
+        if name not in values:  # e.g. an injected first trial without the conditional parameters it does not use
+            continue
         value = values[name]
         if isinstance(bound, IntRange):
             value = int(value)

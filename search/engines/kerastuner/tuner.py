@@ -93,15 +93,21 @@ class _RecordingMixin:
         for key in ("bracket", "round"):
             if f"tuner/{key}" in values:
                 attrs[f"hyperband_{key}"] = int(values[f"tuner/{key}"])
+        # KerasTuner draws every bound; the space's own suggest decides which are parameters of this point
+        # (conditional ones, e.g. only the chosen optimizer's learning rate), as in the Optuna engine.
+        fixed = optuna.trial.FixedTrial(params)
+        try:
+            config, infeasible = ctx.module.suggest(fixed, ctx.space), None
+            params = fixed.params
+        except ctx.module.InfeasibleConfig as err:
+            config, infeasible = None, str(err)
         otrial = ctx.recorder.begin(params, attrs)
         predecessor = ctx.recorder.predecessor(values.get("tuner/trial_id", "")) if initial else None
         if predecessor is not None:
             ctx.recorder.carry_curve(otrial, predecessor, initial)
         start = time.perf_counter()
-        try:
-            config = ctx.module.suggest(optuna.trial.FixedTrial(params), ctx.space)  # the Optuna engine's checks
-        except ctx.module.InfeasibleConfig as err:
-            ctx.recorder.infeasible(otrial, str(err))
+        if config is None:
+            ctx.recorder.infeasible(otrial, infeasible or "infeasible configuration")
             return {OBJECTIVE: 0.0}
         ctx.active = ActiveTrial(otrial, config, ctx.settings.seed + otrial.number)
         try:

@@ -131,5 +131,5 @@ def test_recycled_trial_processes_draw_new_suggestions(tmp_path, tiny_npz):
                             "--recycle-after", "1", epochs="1")) == 0
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
     assert len(trials) == 3
-    assert len({t.params["learning_rate"] for t in trials}) == 3
+    assert len({t.params["weight_decay"] for t in trials}) == 3
     assert len({t.user_attrs.get("worker") for t in trials}) == 3  # three processes, one trial each

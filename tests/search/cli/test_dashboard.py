@@ -220,7 +220,7 @@ def test_api_answers_while_writers_hammer_the_same_sqlite_file(hammered: dict) -
 def test_study_note_is_served(hammered: dict) -> None:
     body = hammered["detail"]["note"]["body"]
     for text in ("hammer: `cnn` space", "tiny.npz", "100 validation images", "up to 5 epochs per trial, 50 trials",
-                 "pruner**: hyperband", "| depth | [2, 4] |", "| learning_rate |"):
+                 "pruner**: hyperband", "| depth | [2, 4] |", "| adam_learning_rate |"):
         assert text in body
 
 

@@ -31,7 +31,7 @@ def optuna_engine_distributions(space: object) -> dict:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"depth": {"value": 3}, "optimizer": {"choices": ["adam"]},
-                                            "learning_rate": {"low": 1e-3, "high": 5e-3}}])
+                                            "adam_learning_rate": {"low": 1e-3, "high": 5e-3}}])
 def test_translation_matches_the_optuna_space(overrides: dict) -> None:
     space = build_space("cnn", overrides)
     assert optuna_distributions(space) == optuna_engine_distributions(space)
@@ -40,13 +40,13 @@ def test_translation_matches_the_optuna_space(overrides: dict) -> None:
     assert list(by_name) == list(space_bounds(space))
     assert type(by_name["dense_units"]).__name__ == "Int"
     assert (by_name["dense_units"].min_value, by_name["dense_units"].max_value) == (64, 1024)
-    assert by_name["dense_units"].sampling == "log" and by_name["learning_rate"].sampling == "log"
+    assert by_name["dense_units"].sampling == "log" and by_name["adam_learning_rate"].sampling == "log"
     assert by_name["filter_growth"].step == 0.25
     assert list(by_name["batch_size"].values) == [32, 64, 128, 256]
     if overrides:
         assert type(by_name["depth"]).__name__ == "Fixed" and by_name["depth"].value == 3
         assert type(by_name["optimizer"]).__name__ == "Fixed" and by_name["optimizer"].value == "adam"
-        assert (by_name["learning_rate"].min_value, by_name["learning_rate"].max_value) == (1e-3, 5e-3)
+        assert (by_name["adam_learning_rate"].min_value, by_name["adam_learning_rate"].max_value) == (1e-3, 5e-3)
 
 
 def test_kerastuner_draws_are_valid_optuna_params() -> None:
