@@ -195,6 +195,7 @@ class StudyRanking:
     unranked: list[RankedRow]
     baseline: RankedRow | None
     best_config: dict[str, Any] | None = None  # the export document of the best trial (by validation)
+    best_config_file: str = "best_config.json"  # its file name in the report folder
     summaries: dict[str, Any] = field(default_factory=dict)  # candidate key -> EvalSummary
     test_rows: list[TestRow] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)  # plot title -> PNG file name

@@ -19,7 +19,9 @@ import io
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 from cifar_hpo.reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
@@ -70,6 +72,7 @@ class ReportMeta:
     storage: str = ""
     top_k: int = 5
     class_names: list[str] = field(default_factory=list)
+    folder: str = ""  # the report folder as the user named it: file paths in hints work from where they stand
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -104,6 +107,11 @@ def pct(value: float | None, digits: int = 2) -> str:
 
 def points(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{100 * value:+.2f} pts"
+
+
+def plural(n: Any, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -154,7 +162,7 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     data = s.get("data") or "keras.datasets.cifar10"
     blocks.append(Paragraph(
         f"Data {code(data)} (fingerprint {code(s.get('data_fingerprint'))}), validation {s.get('val_size')} images, "
-        f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
+        f"training subset {s.get('subset') or 'all'}, up to {plural(s.get('epochs'), 'epoch')}, seed {s.get('seed')}, "
         f"{search_method(r)}."))
     blocks.append(Paragraph(
         f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of these as infeasible configurations), "
@@ -179,10 +187,11 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     blocks.append(Heading("Best configuration", 3))
     if r.best_config:
         src = r.best_config["source"]
+        path = str(PurePath(meta.folder) / r.best_config_file) if meta.folder else r.best_config_file
         blocks.append(Paragraph(
-            f"{code('best_config.json')} holds trial {src['trial']} (highest validation accuracy; the test set "
-            f"never chooses), {r.best_config['epochs']} epochs, seed {r.best_config['seed']}. Retrain it with "
-            f"{code('hpo retrain --config best_config.json --out model.keras')}."))
+            f"{code(r.best_config_file)} holds trial {src['trial']} (highest validation accuracy; the test set "
+            f"never chooses), {plural(r.best_config['epochs'], 'epoch')}, seed {r.best_config['seed']}. Retrain it "
+            f"on all training images with {code(f'hpo retrain --config {shlex.quote(path)} --out model.keras')}."))
     else:
         blocks.append(Paragraph("No completed trial yet: nothing to export."))
     return blocks

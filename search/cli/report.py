@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from cifar_hpo.storage.urls import mask_url
 
 DEFAULT_TOP = 5
 DEFAULT_SEEDS = 2
+STDOUT = "-"
+BEST_CONFIG = "best_config.json"  # as in a report folder (reports/build.py)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -68,7 +71,8 @@ def run_report(args: argparse.Namespace) -> int:
                 on_run=lambda text, s=study.study_name: print(f"hpo report: {s}: {text}", file=sys.stderr))
         rankings.append(study_ranking(study, dataclasses.asdict(settings), evaluations, CLASS_NAMES, images))
     meta = ReportMeta(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES))
+                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES),
+                      folder=args.out)
     written = write_report(args.out, rankings, images, meta)
     for r in rankings:
         best = f"{r.rows[0].val_accuracy:.4f} (trial {r.rows[0].trial})" if r.rows else "none"
@@ -106,10 +110,17 @@ def run_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"study {args.study!r} has no completed trial to export")
         trial = next(t for t in trials if t.number == rows[0].trial)
     document = build_export(args.study, trial, dataclasses.asdict(settings))
-    path = write_export(args.output, document)
     value = f"val accuracy {trial.value:.4f}, " if trial.value is not None else ""
-    print(f"exported trial {trial.number} of study {args.study} ({settings.space}, {value}{document['epochs']} epochs) "
-          f"to {path}")
+    epochs = f"{document['epochs']} epoch{'' if document['epochs'] == 1 else 's'}"
+    what = f"trial {trial.number} of study {args.study} ({settings.space}, {value}{epochs})"
+    if args.output == STDOUT:  # `-o -`: the document is the output; the note goes to stderr
+        print(json.dumps(document, indent=2))
+        print(f"hpo export: wrote {what} to stdout", file=sys.stderr)
+        return ExitCode.OK
+    output = args.output or (BEST_CONFIG if args.trial is None else f"trial_{trial.number}_config.json")
+    path = write_export(output, document)
+    print(f"exported {what} to {path if args.output else f'./{path} (in the current directory)'}; retrain it with: "
+          f"hpo retrain --config {shlex.quote(str(path))} --out model.keras")
     return ExitCode.OK
 
 
@@ -203,7 +214,9 @@ def register(subparsers: Any) -> None:
     which = export.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, metavar="N", help="trial number")
     which.add_argument("--best", action="store_true", help="the best trial by validation accuracy (default)")
-    export.add_argument("-o", "--output", required=True, metavar="FILE.json", help="file to write")
+    export.add_argument("-o", "--output", metavar="FILE.json",
+                        help=f"file to write, or - for stdout (default: ./{BEST_CONFIG}, or ./trial_N_config.json "
+                        "with --trial N)")
     export.set_defaults(run=run_export)
 
     retrain = subparsers.add_parser(

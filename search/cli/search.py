@@ -92,10 +92,9 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
     study cannot be shared with a child, so it runs here.
     """
     from cifar_hpo.search.cli.progress import StudyProgress
-    from cifar_hpo.storage.counting import count_study_trials
 
     study = opened.study
-    progress = StudyProgress(n_trials, description, disable=quiet)
+    progress = StudyProgress(n_trials, description, disable=quiet, epochs=opened.settings.epochs)
     try:
         if is_memory(args.storage) or args.recycle_after == 0:
             code = _run_here(opened, n_trials, args.timeout, progress)
@@ -108,8 +107,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
                            deadline=None if args.timeout is None else time.time() + args.timeout,
                            recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
                            threads=threads)
-            code = run_in_child_processes(
-                job, on_poll=lambda: progress.show(count_study_trials(study, with_best=True)))
+            code = run_in_child_processes(job, on_poll=lambda: progress.poll(study))
     finally:
         progress.close()
     if not quiet:
@@ -120,12 +118,11 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
 def _run_here(opened: Any, n_trials: int | None, timeout: float | None, progress: Any) -> int:
     from cifar_hpo.search.runtime.objective import Objective
     from cifar_hpo.search.runtime.worker import run_worker
-    from cifar_hpo.storage.counting import count_study_trials
 
-    progress.show(count_study_trials(opened.study, with_best=True))
+    progress.poll(opened.study)
     try:
         run_worker(opened.study, Objective(opened.settings, opened.split), n_trials=n_trials, timeout=timeout,
-                   on_trial_end=lambda s, t: progress.show(count_study_trials(s, with_best=True)))
+                   on_trial_end=lambda s, t: progress.poll(s))
     except SearchStopped as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
         return ExitCode.FAILURE
@@ -187,7 +184,6 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
     from cifar_hpo.search.cli.progress import StudyProgress
     from cifar_hpo.search.engines.kerastuner.recorder import ENGINE
     from cifar_hpo.search.engines.kerastuner.tuner import project_dir, run_search, tuner_for
-    from cifar_hpo.storage.counting import count_study_trials
 
     if opened.settings.engine != ENGINE:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
@@ -198,11 +194,11 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
           f"{tuner}, files in {directory}/)", file=sys.stderr)
     n_trials = budget(args, opened.settings.n_trials)
     study = opened.study
-    progress = StudyProgress(n_trials, args.study)
-    progress.show(count_study_trials(study, with_best=True))
+    progress = StudyProgress(n_trials, args.study, epochs=opened.settings.epochs)
+    progress.poll(study)
     try:
         run_search(opened, tuner, n_trials=n_trials, timeout=args.timeout, directory=directory,
-                   on_trial_end=lambda: progress.show(count_study_trials(study, with_best=True)),
+                   on_trial_end=lambda: progress.poll(study),
                    on_note=lambda note: print(f"hpo search: {note}", file=sys.stderr))
     except SearchStopped as err:
         print(f"hpo: search stopped: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,8 @@ def test_tensorflow_startup_lines_hidden_in_command_and_trial_processes(tmp_path
     assert quiet.returncode == 0, quiet.stderr
     assert not [line for line in quiet.stderr.splitlines() if any(s in line for s in TF_STARTUP)], quiet.stderr
     assert "retracing" not in quiet.stderr
+    # stderr is not a terminal here: one plain line per finished trial instead of a bar
+    assert re.search(r"^quiet: trial 0 (complete|pruned).* value .*s \[", quiet.stderr, re.MULTILINE), quiet.stderr
     loud = run_cli("-v", "search", "--study", "loud", *common, cwd=tmp_path)
     assert loud.returncode == 0, loud.stderr
     plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
