@@ -22,6 +22,22 @@ STORAGE_HELP = (f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (d
                 f"with ${STORAGE_ENV}, PGPASSWORD or ~/.pgpass")
 
 
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_arg(text: str) -> float:
+    """`--timeout 90|90s|15m|2h`: seconds."""
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in DURATION_UNITS and text[-1:] else ""
+    try:
+        value = float(text[: len(text) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90, 90s, 15m or 2h, but got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, but got {text!r}")
+    return value * DURATION_UNITS[unit]
+
+
 def default_storage() -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_URL
 
@@ -35,7 +51,8 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, metavar="N",
                         help=f"study-wide total of finished (complete or pruned) trials to reach (default: the "
                         f"study's, else {DEFAULT_N_TRIALS}); shared by all workers")
-    parser.add_argument("--timeout", type=float, metavar="SEC", help="stop starting trials after SEC seconds")
+    parser.add_argument("--timeout", type=duration_arg, metavar="TIME",
+                        help="stop starting trials after TIME: seconds (90, 90s), minutes (15m) or hours (2h, 1.5h)")
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SEC",
                         help=f"trial heartbeat interval; a trial silent for 1.5 intervals is failed and retried "
                         f"(default {DEFAULT_HEARTBEAT_S})")
