@@ -187,3 +187,53 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class EpochProgress:
+    """`hpo retrain`'s display: a Reporter (search/models/training.py) that prunes nothing and shows each
+    epoch's validation accuracy, the best so far and the time left; a bar on a terminal, else one line per
+    epoch. Also a phase sink (search/models/phase.py), so an inception cache fill shows its progress."""
+
+    def __init__(self, epochs: int, description: str, *, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.epochs, self.description = epochs, description
+        self.attrs: dict[str, Any] = {}
+        self.best: float | None = None
+        self._start = time.monotonic()
+        self._phase_start = 0.0
+        self._bar = None
+        if _isatty(self.stream):
+            self._bar = tqdm(total=epochs, desc=description, unit="epoch", file=self.stream, dynamic_ncols=True)
+
+    def report(self, value: float, step: int) -> None:
+        self.best = value if self.best is None else max(self.best, value)
+        elapsed = time.monotonic() - self._start
+        left = elapsed / step * (self.epochs - step) if step else None
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(f"val {value:.4f}, best {self.best:.4f}", refresh=True)
+        else:
+            print(f"{self.description}: epoch {step}/{self.epochs} val accuracy {value:.4f} (best {self.best:.4f}), "
+                  f"{duration(elapsed)} so far, ~{duration(left)} left", file=self.stream, flush=True)
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        """Phase sink: shown on a terminal only (a log gets the epochs)."""
+        now = time.monotonic()
+        if done == 0:
+            self._phase_start = now
+        if self._bar is not None and done < total:
+            left = (now - self._phase_start) * (total - done) / done if done else None
+            self._bar.set_postfix_str(f"{phase} {done / total:.0%}" + (f" ~{duration(left)} left" if left else ""),
+                                      refresh=True)
+        if done >= total and self.best is None:  # the time left counts epochs, not the cache fill before them
+            self._start = now
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
