@@ -96,12 +96,14 @@ def write_report(folder: str | Path, rankings: Sequence[StudyRanking], images: M
 
     for name, png in images.items():
         write(name, png)
+    with_config = [r for r in rankings if r.best_config]
+    for r in with_config:
+        r.best_config_file = BEST_CONFIG if len(rankings) == 1 else f"best_config_{safe_filename(r.study)}.json"
     blocks = report_blocks(rankings, meta)
     write("report.md", to_markdown(blocks))
     write("report.html", to_html(blocks, images, meta.title))
     write("ranking.json", ranking_json(rankings, meta))
     write("ranking.csv", ranking_csv(rankings))
-    with_config = [r for r in rankings if r.best_config]
     if with_config:
         write(BEST_CONFIG, json.dumps(with_config[0].best_config, indent=2) + "\n")
     if len(rankings) > 1:

@@ -27,9 +27,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(figure: Any, close: bool = True) -> bytes:
+def _png(figure: Any, close: bool = True, tight: bool = True) -> bytes:
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if tight:
+        figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     if close:
         _pyplot().close(figure)
@@ -93,10 +94,19 @@ def learning_curves(trials: Sequence[FrozenTrial], title: str = "Learning curves
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    integer_epoch_axis(ax, max(max(t.intermediate_values) for t in curves))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _png(figure, close=False), ""
+
+
+def integer_epoch_axis(ax: Any, last_epoch: int) -> None:
+    """Whole epochs only: matplotlib's integer locator gives up (fractional ticks) when fewer than two whole
+    numbers are in view, as with single-epoch studies, so the view spans at least one epoch either side."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0.5, max(1, last_epoch) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def fanova_importances(study: optuna.Study, seed: int = 0) -> tuple[dict[str, float], str]:
@@ -145,14 +155,33 @@ def parallel_coordinates(study: optuna.Study, params: Sequence[str] | None = Non
     completed = _completed(study)
     if len(completed) < 2:
         return None, "parallel coordinates: needs at least two completed trials"
-    names = list(params or [])[:MAX_PARALLEL_PARAMS] or sorted(completed[0].params)[:MAX_PARALLEL_PARAMS]
+    figure = parallel_figure(study, list(params or [])[:MAX_PARALLEL_PARAMS]
+                             or sorted(completed[0].params)[:MAX_PARALLEL_PARAMS])
+    return _png(figure, tight=False), ""
+
+
+def parallel_figure(study: optuna.Study, names: Sequence[str]) -> Any:
+    """Optuna's parallel-coordinates plot, laid out so labels clear the lines and the title: the title sits
+    above the legend Optuna puts over the axes, parameter names are centred below the axes with room kept
+    for them, and the per-axis value labels are smaller."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=names, target_name="val accuracy")
-    _retitle(ax, f"Parallel coordinates (top parameters): {study.study_name}")
+        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, params=list(names),
+                                                                      target_name="val accuracy")
     figure = ax.figure
-    figure.set_size_inches(9.0, 5.0)
-    return _png(figure), ""
+    figure.set_size_inches(10.0, 6.0)
+    for loc in ("left", "center", "right"):
+        ax.set_title("", loc=loc)
+    figure.suptitle(f"Parallel coordinates (top parameters): {study.study_name}", y=0.98)
+    ax.tick_params(axis="x", pad=8, labelsize=8)
+    for label in ax.get_xticklabels():
+        label.set_rotation(0)
+        label.set_horizontalalignment("center")
+    for twin in figure.axes:
+        if twin is not ax:
+            twin.tick_params(which="both", labelsize=7)
+    figure.subplots_adjust(left=0.08, right=0.86, top=0.84, bottom=0.12)
+    return figure
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> tuple[Png, str]:

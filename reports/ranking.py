@@ -33,6 +33,7 @@ class RankedRow:
     wall_seconds: float | None
     baseline: bool = False
     gain_vs_baseline: float | None = None  # val accuracy minus the baseline's, in accuracy points (0..1)
+    cache_fill_seconds: float | None = None  # inception: filling the feature cache, outside fit_seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,7 +41,7 @@ class RankedRow:
             "val_accuracy": self.val_accuracy, "gain_vs_baseline": self.gain_vs_baseline,
             "best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "n_params": self.n_params,
             "fit_seconds": self.fit_seconds, "images_per_s": self.images_per_s, "wall_seconds": self.wall_seconds,
-            "params": dict(self.params),
+            "cache_fill_seconds": self.cache_fill_seconds, "params": dict(self.params),
         }
 
 
@@ -101,8 +102,17 @@ def _row(trial: FrozenTrial, rank: int | None, baseline_value: float | None, is_
         best_epoch=attrs.get("best_epoch"), epochs_run=attrs.get("epochs_run", len(trial.intermediate_values) or None),
         n_params=attrs.get("params"), fit_seconds=attrs.get("fit_seconds"),
         images_per_s=attrs.get("train_images_per_s"), wall_seconds=attrs.get("wall_seconds"),
-        baseline=is_baseline, gain_vs_baseline=gain,
+        baseline=is_baseline, gain_vs_baseline=gain, cache_fill_seconds=cache_fill_seconds(attrs),
     )
+
+
+def cache_fill_seconds(attrs: Mapping[str, Any]) -> float | None:
+    """Seconds a trial spent filling the feature cache (inception; trials before cache_fill_seconds was
+    recorded have it in feature_cache.compute_seconds); None when it has no cache."""
+    if "cache_fill_seconds" in attrs:
+        return attrs["cache_fill_seconds"]
+    cache = attrs.get("feature_cache")
+    return cache.get("compute_seconds") if isinstance(cache, Mapping) else None
 
 
 def rank_trials(trials: Sequence[FrozenTrial]) -> list[RankedRow]:
@@ -195,6 +205,7 @@ class StudyRanking:
     unranked: list[RankedRow]
     baseline: RankedRow | None
     best_config: dict[str, Any] | None = None  # the export document of the best trial (by validation)
+    best_config_file: str = "best_config.json"  # its file name in the report folder
     summaries: dict[str, Any] = field(default_factory=dict)  # candidate key -> EvalSummary
     test_rows: list[TestRow] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)  # plot title -> PNG file name

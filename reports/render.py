@@ -19,15 +19,20 @@ import io
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 from cifar_hpo.reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
 from cifar_hpo.reports.ranking import RankedRow, StudyRanking, TestRow, label, param_names
 
 CSV_FIELDS = ("study", "rank", "trial", "state", "baseline", "val_accuracy", "gain_vs_baseline", "best_epoch",
-              "epochs_run", "n_params", "fit_seconds", "images_per_s", "wall_seconds", "test_accuracy_mean",
+              "epochs_run", "n_params", "fit_seconds", "images_per_s", "wall_seconds", "cache_fill_seconds", "test_accuracy_mean",
               "test_accuracy_std", "test_seeds")
+PER_SEED_MEAN_NOTE = (
+    "Precision, recall and F1 are each the mean over seeds of that seed's value (F1 is not recomputed from the "
+    "averaged precision and recall), so a class's F1 can lie below both its precision and its recall.")
 FEW_TRIALS = 10  # below this many completed trials, fANOVA importances are mostly noise
 
 
@@ -70,6 +75,7 @@ class ReportMeta:
     storage: str = ""
     top_k: int = 5
     class_names: list[str] = field(default_factory=list)
+    folder: str = ""  # the report folder as the user named it: file paths in hints work from where they stand
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -104,6 +110,11 @@ def pct(value: float | None, digits: int = 2) -> str:
 
 def points(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{100 * value:+.2f} pts"
+
+
+def plural(n: Any, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -154,7 +165,7 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     data = s.get("data") or "keras.datasets.cifar10"
     blocks.append(Paragraph(
         f"Data {code(data)} (fingerprint {code(s.get('data_fingerprint'))}), validation {s.get('val_size')} images, "
-        f"training subset {s.get('subset') or 'all'}, up to {s.get('epochs')} epochs, seed {s.get('seed')}, "
+        f"training subset {s.get('subset') or 'all'}, up to {plural(s.get('epochs'), 'epoch')}, seed {s.get('seed')}, "
         f"{search_method(r)}."))
     blocks.append(Paragraph(
         f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of these as infeasible configurations), "
@@ -179,10 +190,11 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     blocks.append(Heading("Best configuration", 3))
     if r.best_config:
         src = r.best_config["source"]
+        path = str(PurePath(meta.folder) / r.best_config_file) if meta.folder else r.best_config_file
         blocks.append(Paragraph(
-            f"{code('best_config.json')} holds trial {src['trial']} (highest validation accuracy; the test set "
-            f"never chooses), {r.best_config['epochs']} epochs, seed {r.best_config['seed']}. Retrain it with "
-            f"{code('hpo retrain --config best_config.json --out model.keras')}."))
+            f"{code(r.best_config_file)} holds trial {src['trial']} (highest validation accuracy; the test set "
+            f"never chooses), {plural(r.best_config['epochs'], 'epoch')}, seed {r.best_config['seed']}. Retrain it "
+            f"on all training images with {code(f'hpo retrain --config {shlex.quote(path)} --out model.keras')}."))
     else:
         blocks.append(Paragraph("No completed trial yet: nothing to export."))
     return blocks
@@ -195,16 +207,26 @@ def validation_blocks(r: StudyRanking, top_k: int) -> list[Block]:
     if not r.rows:
         blocks.append(Paragraph("No completed trial."))
     shown = top_rows(r.rows, top_k)
+    extra = [r.baseline] if r.baseline is not None and r.baseline.rank is None else []
+    with_cache = any(row.cache_fill_seconds is not None for row in [*shown, *extra])
     header = ["rank", "configuration", "val accuracy", "gain vs baseline", "best epoch", "epochs run", "parameters",
-              "fit time (s)", "images/s"]
-    rows = [[str(row.rank), row_label(row), pct(row.val_accuracy), "baseline" if row.baseline else points(row.gain_vs_baseline), num(row.best_epoch),
-             num(row.epochs_run), num(row.n_params), num(row.fit_seconds), num(row.images_per_s, 0)] for row in shown]
-    if r.baseline is not None and r.baseline.rank is None:
-        b = r.baseline
-        rows.append([f"({b.state.lower()})", row_label(b), pct(b.val_accuracy), "—", num(b.best_epoch),
-                     num(b.epochs_run), num(b.n_params), num(b.fit_seconds), num(b.images_per_s, 0)])
+              "training (s)", *(["cache fill (s)"] if with_cache else []), "trial wall time (s)", "images/s"]
+
+    def cells(row: RankedRow) -> list[str]:
+        return [num(row.best_epoch), num(row.epochs_run), num(row.n_params), num(row.fit_seconds),
+                *([num(row.cache_fill_seconds)] if with_cache else []), num(row.wall_seconds), num(row.images_per_s, 0)]
+
+    rows = [[str(row.rank), row_label(row), pct(row.val_accuracy),
+             "baseline" if row.baseline else points(row.gain_vs_baseline), *cells(row)] for row in shown]
+    for b in extra:
+        rows.append([f"({b.state.lower()})", row_label(b), pct(b.val_accuracy), "—", *cells(b)])
     if rows:
         blocks.append(Table(header, rows, align_right_from=2))
+        blocks.append(Paragraph(
+            "Training is the time in Keras' fit (training and validation epochs); "
+            + ("cache fill is the time the trial spent computing InceptionV3 features for the feature cache (0 when "
+               "an earlier trial had filled it); " if with_cache else "")
+            + "trial wall time is the whole trial, model building and clean-up included."))
     if r.baseline is None:
         blocks.append(Paragraph("This study has no seed-baseline trial, so gains over it are not shown."))
     params_shown = [row for row in shown] + ([r.baseline] if r.baseline is not None and r.baseline.rank is None else [])
@@ -241,6 +263,8 @@ def per_class_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]
         summary = r.summaries[t.key]
         blocks.append(Heading(f"Per-class report: {label(t.trial, t.baseline)} (mean over {t.seeds} seed(s))", 4))
         blocks.append(class_table(summary.report, class_names))
+        if t.seeds > 1:
+            blocks.append(Paragraph(PER_SEED_MEAN_NOTE))
         file = r.plots_confusion.get(t.key)
         if file:
             blocks.append(Image(f"Confusion matrix: {label(t.trial, t.baseline)}", file))
@@ -263,20 +287,34 @@ def comparison_blocks(rankings: Sequence[StudyRanking], class_names: Sequence[st
     blocks: list[Block] = [Heading("Comparison of studies", 2)]
     picks = [best_pick(r) for r in rankings]
     header = ["", *[f"{code(r.study)} ({r.space})" for r in rankings]]
+    evaluated = [p["report"] is not None for p in picks]
     rows = [
         ["best configuration", *[p["label"] for p in picks]],
         ["best val accuracy", *[pct(r.rows[0].val_accuracy) if r.rows else "—" for r in rankings]],
-        ["test accuracy (mean ± std)", *[p["test"] for p in picks]],
-        ["parameters", *[num(p["n_params"]) for p in picks]],
-        ["training time (s)", *[num(p["fit_seconds"]) for p in picks]],
-        ["completed / pruned / failed", *[f"{r.counts.complete} / {r.counts.pruned} / {r.counts.failed}" for r in rankings]],
     ]
-    for name in class_names:
-        rows.append([f"F1 {name}", *[f"{p['report'][name]['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
-    rows.append(["macro F1", *[f"{p['report']['macro avg']['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
+    if any(evaluated):  # rows that exist only after --evaluate are shown only when some study has them
+        rows.append(["test accuracy (mean ± std)", *[p["test"] for p in picks]])
+    rows.append(["parameters", *[num(p["n_params"]) for p in picks]])
+    rows.append(["training time (s)", *[num(p["fit_seconds"]) for p in picks]])
+    if any(p["cache_fill_seconds"] is not None for p in picks):
+        rows.append(["cache fill (s)", *[num(p["cache_fill_seconds"]) for p in picks]])
+    if any(p["wall_seconds"] is not None for p in picks):
+        rows.append(["trial wall time (s)", *[num(p["wall_seconds"]) for p in picks]])
+    rows.append(["completed / pruned / failed",
+                 *[f"{r.counts.complete} / {r.counts.pruned} / {r.counts.failed}" for r in rankings]])
+    if any(evaluated):
+        for name in class_names:
+            rows.append([f"F1 {name}", *[f"{p['report'][name]['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
+        rows.append(["macro F1", *[f"{p['report']['macro avg']['f1-score']:.4f}" if p["report"] else "—" for p in picks]])
     blocks.append(Table(header, rows))
-    if not all(p["report"] for p in picks):
-        blocks.append(Paragraph("Test columns are empty for studies without a test-set evaluation (run with --evaluate)."))
+    missing = [r.study for r, done in zip(rankings, evaluated) if not done]
+    if missing:
+        studies = " ".join(f"--study {shlex.quote(name)}" for name in missing)
+        which = "these studies" if len(missing) < len(rankings) else "the studies"
+        blocks.append(Paragraph(
+            f"Test accuracy and per-class F1 {'are missing for ' + ', '.join(code(m) for m in missing) if any(evaluated) else 'are not shown'}: "
+            f"{which} have no test-set evaluation yet. Get them with "
+            f"{code(f'hpo report {studies} --evaluate')} (retrains the top configurations with several seeds)."))
     return blocks
 
 
@@ -286,12 +324,15 @@ def best_pick(r: StudyRanking) -> dict[str, Any]:
         summary = r.summaries[t.key]
         row = next((x for x in r.rows if x.trial == t.trial), None)
         return {"label": label(t.trial, t.baseline), "test": mean_std(t.mean, t.std), "n_params": summary.n_params,
-                "fit_seconds": summary.fit_seconds if row is None else row.fit_seconds, "report": summary.report}
+                "fit_seconds": summary.fit_seconds if row is None else row.fit_seconds, "report": summary.report,
+                "cache_fill_seconds": None if row is None else row.cache_fill_seconds,
+                "wall_seconds": None if row is None else row.wall_seconds}
     if r.rows:
         row = r.rows[0]
         return {"label": row_label(row), "test": "—", "n_params": row.n_params, "fit_seconds": row.fit_seconds,
-                "report": None}
-    return {"label": "—", "test": "—", "n_params": None, "fit_seconds": None, "report": None}
+                "report": None, "cache_fill_seconds": row.cache_fill_seconds, "wall_seconds": row.wall_seconds}
+    return {"label": "—", "test": "—", "n_params": None, "fit_seconds": None, "report": None,
+            "cache_fill_seconds": None, "wall_seconds": None}
 
 
 # ---------------------------------------------------------------- Markdown and HTML
@@ -425,7 +466,7 @@ def ranking_csv(rankings: Sequence[StudyRanking]) -> str:
         writer.writerow([
             r.study, row.rank or "", row.trial, row.state, row.baseline, _csv(row.val_accuracy),
             _csv(row.gain_vs_baseline), _csv(row.best_epoch), _csv(row.epochs_run), _csv(row.n_params),
-            _csv(row.fit_seconds), _csv(row.images_per_s), _csv(row.wall_seconds),
+            _csv(row.fit_seconds), _csv(row.images_per_s), _csv(row.wall_seconds), _csv(row.cache_fill_seconds),
             _csv(test.mean if test else None), _csv(test.std if test else None), _csv(test.seeds if test else None),
             *[_csv(row.params.get(name)) for name in names],
         ])

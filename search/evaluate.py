@@ -110,15 +110,16 @@ def train_and_evaluate(settings: StudySettings, candidate: Candidate, split: Spl
 
 
 def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, seed: int,
-            settings: StudySettings) -> tuple[Any, Any]:
-    """The space's own trainer, as the search ran it but without a trial (nothing is pruned)."""
+            settings: StudySettings, reporter: Any = None) -> tuple[Any, Any]:
+    """The space's own trainer, as the search ran it but without a trial (nothing is pruned; ``reporter``
+    may watch the epochs)."""
     import keras
 
     from cifar_hpo.search.runtime.objective import get_trainer
 
     config = get_space_module(space).config_from_params(dict(params))
     keras.utils.set_random_seed(seed)
-    return get_trainer(space)(config, split, epochs=epochs, trial=None, seed=seed, settings=settings)
+    return get_trainer(space)(config, split, epochs=epochs, trial=reporter, seed=seed, settings=settings)
 
 
 def predict_labels(model: Any, x: np.ndarray, tta: str = "none", batch_size: int = 256) -> np.ndarray:
@@ -152,11 +153,13 @@ def settings_for_export(exported: ExportedConfig, data_override: str | None, epo
     return settings
 
 
-def retrain_exported(exported: ExportedConfig, settings: StudySettings, data: Cifar10, seed: int) -> tuple[Any, Any, EvalRun]:
-    """`hpo retrain`: train the exported config on its training split, evaluate once on the test set."""
+def retrain_exported(exported: ExportedConfig, settings: StudySettings, data: Cifar10, seed: int,
+                     reporter: Any = None) -> tuple[Any, Any, EvalRun]:
+    """`hpo retrain`: train the exported config on its training split, evaluate once on the test set.
+    ``reporter`` (a Reporter that prunes nothing) hears each epoch's validation accuracy."""
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     model, result = retrain(exported.space, exported.params, split, epochs=settings.epochs, seed=seed,
-                            settings=settings)
+                            settings=settings, reporter=reporter)
     y_pred = predict_labels(model, data.x_test, tta=settings.tta)
     accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
     run = EvalRun(key=f"t{exported.trial}" if exported.trial is not None else "config", trial=exported.trial,

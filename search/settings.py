@@ -87,6 +87,19 @@ class StudySettings:
         return cls(**{k: v for k, v in stored.items() if k in known})
 
 
+# --subset without --val-size: about one validation image for every 9 training images (CIFAR-10's own
+# 45,000/5,000), within these bounds, so a quick study is not dominated by validating 5,000 images.
+SUBSET_VAL_RATIO = 9
+SUBSET_VAL_MIN, SUBSET_VAL_MAX = 500, 5000
+
+
+def default_val_size(subset: int | None) -> int:
+    """The validation size of a new study that gave no --val-size (5000, or proportionate to --subset)."""
+    if subset is None:
+        return StudySettings.val_size
+    return min(SUBSET_VAL_MAX, max(SUBSET_VAL_MIN, round(subset / SUBSET_VAL_RATIO)))
+
+
 def resolve(stored: StudySettings | None, given: dict[str, Any]) -> StudySettings:
     """Settings for this command: the stored ones, or new ones from ``given`` (the flags actually passed).
 
@@ -94,6 +107,8 @@ def resolve(stored: StudySettings | None, given: dict[str, Any]) -> StudySetting
     """
     given = {k: v for k, v in given.items() if v is not None}
     if stored is None:
+        if "subset" in given and "val_size" not in given:
+            given["val_size"] = default_val_size(given["subset"])
         return StudySettings(**given)
     conflicts = [
         f"{name}: study has {getattr(stored, name)!r}, command asks {value!r}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from cifar_hpo.search.settings import StudySettings
+from cifar_hpo.search.settings import SUBSET_VAL_MAX, SUBSET_VAL_MIN, SUBSET_VAL_RATIO, StudySettings, default_val_size
 from cifar_hpo.spaces import get_space_module
 from cifar_hpo.spaces.bounds import describe, space_bounds
 
@@ -23,6 +23,10 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
     """The note's Markdown: settings first, then one table row per bound (overridden ones marked)."""
     data = settings.data or "CIFAR-10 through keras.datasets"
     subset = f"a stratified subset of {settings.subset} training images" if settings.subset else "all training images"
+    validation = f"{settings.val_size} validation images"
+    if settings.subset and settings.val_size == default_val_size(settings.subset):
+        validation += (f" (the default for --subset {settings.subset}: one per {SUBSET_VAL_RATIO} training images, "
+                       f"{SUBSET_VAL_MIN} to {SUBSET_VAL_MAX})")
     budget = [f"up to {settings.epochs} epochs per trial"]
     if settings.n_trials is not None:
         budget.append(f"{settings.n_trials} trials")
@@ -32,7 +36,7 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         f"## {study_name}: `{settings.space}` space",
         "",
         f"- **Data**: `{data}` (fingerprint `{settings.data_fingerprint or 'unknown'}`)",
-        f"- **Split**: {settings.val_size} validation images held out of the training set, stratified; "
+        f"- **Split**: {validation} held out of the training set, stratified; "
         f"trained on {subset}; seed {settings.seed}. The test set is never used to choose hyperparameters.",
         f"- **Budget**: {', '.join(budget)}",
         f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",

@@ -19,6 +19,9 @@ from cifar_hpo.storage.studies import create_or_load_study
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, is_memory, normalize_url, sqlite_path
 
 
+METRIC_NAME = "val_accuracy"  # the objective every trial returns: best validation accuracy
+
+
 @dataclass
 class OpenedStudy:
     study: optuna.Study
@@ -60,6 +63,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
         return OpenedStudy(_load(storage, name, settings), settings, split, False, notes)
 
     def prepare(study: optuna.Study) -> None:  # runs only in the process that creates the study
+        study.set_metric_names([METRIC_NAME])  # optuna-dashboard labels its axes with it instead of "Objective Value"
         annotate_new_study(study, settings, space)
         note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
         if note:

@@ -4,4 +4,6 @@ every floor reads a study the same way. Renaming a key breaks studies already wr
 # Study user attrs
 SETTINGS_ATTR = "hpo_settings"  # the StudySettings a study was created with (the single source of truth)
 FORMAT_ATTR = "hpo_format"  # version of that record; a newer one than this hpo reads is refused
-TUNER_ATTR = "kerastuner_tuner"  # `--engine kerastuner`: the tuner it was started with (a resume must match)
+TUNER_ATTR = "kerastuner_tuner"
+# Trial user attrs
+PHASE_ATTR = "phase"  # what a running trial does besides epochs (cache fill): {"phase", "done", "total", "eta_s", "at"}  # `--engine kerastuner`: the tuner it was started with (a resume must match)

@@ -68,7 +68,6 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifar_hpo.search.cli.progress import StudyProgress
     from cifar_hpo.search.study_setup import open_hpo_study
-    from cifar_hpo.storage.counting import count_study_trials
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, but got {args.workers}")
@@ -104,15 +103,15 @@ def run(args: argparse.Namespace) -> int:
     with signals_held():
         workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus, args.storage))
                    for i in range(args.workers)]
-    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}")
+    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}", epochs=opened.settings.epochs)
     try:
         while not stop and any(proc.poll() is None for proc in workers):
-            progress.show(count_study_trials(opened.study, with_best=True))
+            progress.poll(opened.study)
             time.sleep(1.0)
     finally:
         if stop:
             stop_workers(workers)
-        progress.show(count_study_trials(opened.study, with_best=True))
+        progress.poll(opened.study)
         progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -11,7 +11,7 @@ from cifar_hpo.search.errors import CONFIGURATION_ERRORS, ExitCode
 from cifar_hpo.search.runtime.quiet import quiet_libraries
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
-COMMANDS = ("search", "worker", "launch", "report", "dashboard", "cache")
+COMMANDS = ("search", "worker", "launch", "studies", "report", "dashboard", "cache")
 # Commands that run trials: an interrupt marks the trial they were running FAIL.
 TRIAL_COMMANDS = ("search", "worker", "launch")
 
@@ -22,10 +22,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter search for CIFAR-10 classifiers: a CNN from scratch or InceptionV3 transfer "
         "learning, as Optuna studies in SQLite or PostgreSQL.",
     )
+    parser.add_argument("--version", action="version", version=f"hpo (cifar-hpo) {package_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="keep TensorFlow's start-up and library log lines (hidden by default)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"cifar_hpo.search.cli.{name}").register(subparsers)
+    for sub in subparsers.choices.values():  # -v also after the command: `hpo search ... -v`
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="keep TensorFlow's start-up and library log lines")
     return parser
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cifar-hpo")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def interrupted_message(args: argparse.Namespace | None) -> str | None:
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:  # Ctrl-C can come at any moment, also while the command modules are imported
         args = build_parser().parse_args(argv)
-        quiet_libraries()
+        quiet_libraries(True if args.verbose else None)  # None: HPO_VERBOSE, set by a parent `hpo -v`
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return int(args.run(args) or ExitCode.OK)
     except CONFIGURATION_ERRORS as err:

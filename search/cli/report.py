@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,11 @@ from cifar_hpo.storage.urls import mask_url
 
 DEFAULT_TOP = 5
 DEFAULT_SEEDS = 2
+# The saved model's contract, written into MODEL.metrics.json: resizing and scaling are layers of the model.
+MODEL_INPUT = "uint8 or float 0-255, 32x32x3 (RGB, shape (N, 32, 32, 3))"
+MODEL_OUTPUT = "10 class probabilities (softmax), in class_names order"
+STDOUT = "-"
+BEST_CONFIG = "best_config.json"  # as in a report folder (reports/build.py)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -68,7 +74,8 @@ def run_report(args: argparse.Namespace) -> int:
                 on_run=lambda text, s=study.study_name: print(f"hpo report: {s}: {text}", file=sys.stderr))
         rankings.append(study_ranking(study, dataclasses.asdict(settings), evaluations, CLASS_NAMES, images))
     meta = ReportMeta(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES))
+                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES),
+                      folder=args.out)
     written = write_report(args.out, rankings, images, meta)
     for r in rankings:
         best = f"{r.rows[0].val_accuracy:.4f} (trial {r.rows[0].trial})" if r.rows else "none"
@@ -106,10 +113,17 @@ def run_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"study {args.study!r} has no completed trial to export")
         trial = next(t for t in trials if t.number == rows[0].trial)
     document = build_export(args.study, trial, dataclasses.asdict(settings))
-    path = write_export(args.output, document)
     value = f"val accuracy {trial.value:.4f}, " if trial.value is not None else ""
-    print(f"exported trial {trial.number} of study {args.study} ({settings.space}, {value}{document['epochs']} epochs) "
-          f"to {path}")
+    epochs = f"{document['epochs']} epoch{'' if document['epochs'] == 1 else 's'}"
+    what = f"trial {trial.number} of study {args.study} ({settings.space}, {value}{epochs})"
+    if args.output == STDOUT:  # `-o -`: the document is the output; the note goes to stderr
+        print(json.dumps(document, indent=2))
+        print(f"hpo export: wrote {what} to stdout", file=sys.stderr)
+        return ExitCode.OK
+    output = args.output or (BEST_CONFIG if args.trial is None else f"trial_{trial.number}_config.json")
+    path = write_export(output, document)
+    print(f"exported {what} to {path if args.output else f'./{path} (in the current directory)'}; retrain it with: "
+          f"hpo retrain --config {shlex.quote(str(path))} --out model.keras")
     return ExitCode.OK
 
 
@@ -137,7 +151,10 @@ def run_retrain(args: argparse.Namespace) -> int:
     from cifar_hpo.reports.evaluation import format_report_text
     from cifar_hpo.reports.export import read_export
     from cifar_hpo.search.models.data import CLASS_NAMES
+    from cifar_hpo.search.cli.progress import EpochProgress
     from cifar_hpo.search.evaluate import retrain_exported, settings_for_export
+    from cifar_hpo.search.models.phase import phase_sink
+    from cifar_hpo.search.settings import ALL_IMAGES
     from cifar_hpo.search.study_setup import load_study_data
 
     _positive("--epochs", args.epochs)
@@ -147,16 +164,29 @@ def run_retrain(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
     exported = read_export(args.config)
-    settings = settings_for_export(exported, args.data, args.epochs, args.weights, subset=args.subset)
+    # All training images unless --subset says otherwise: retraining the winner is the last step, and a
+    # study searched on a quick subset would otherwise hand over a model trained on that subset.
+    subset = ALL_IMAGES if args.subset is None else args.subset
+    settings = settings_for_export(exported, args.data, args.epochs, args.weights, subset=subset)
     if settings.space == "inception":
         from cifar_hpo.search.models.inception import check_weights
 
         check_weights(settings.weights)
     data = load_study_data(settings, args.data, f"config {args.config!r}")
     seed = exported.seed if args.seed is None else args.seed
-    print(f"hpo retrain: {exported.space} config (study {exported.study}, trial {exported.trial}): "
-          f"{settings.epochs} epoch(s), seed {seed}, training images: {settings.subset or 'all'}", file=sys.stderr)
-    model, result, run = retrain_exported(exported, settings, data, seed)
+    n_train = (settings.subset or len(data.y_train) - settings.val_size)
+    searched = exported.data.get("subset")
+    trains_on = ("training images: all" if settings.subset is None else f"training images: {settings.subset}")
+    trains_on += f" ({n_train} images, {settings.val_size} held out for validation"
+    trains_on += f"; the study searched on {searched})" if searched and searched != settings.subset else ")"
+    print(f"hpo retrain: {exported.space} config (study {exported.study}, trial {exported.trial}): {trains_on}, "
+          f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}, seed {seed}", file=sys.stderr)
+    progress = EpochProgress(settings.epochs, "hpo retrain")
+    try:
+        with phase_sink(progress):
+            model, result, run = retrain_exported(exported, settings, data, seed, reporter=progress)
+    finally:
+        progress.close()
     model.save(out)
     metrics = {
         "config": str(Path(args.config).expanduser().resolve()), "model": str(out.resolve()),
@@ -166,12 +196,26 @@ def run_retrain(args: argparse.Namespace) -> int:
         "test_accuracy": run.accuracy, "classification_report": run.report, "confusion_matrix": run.confusion,
         "class_names": list(CLASS_NAMES), "n_params": result.params, "fit_seconds": round(result.fit_seconds, 3),
         "history": result.history, "best_val_accuracy": result.best_val_accuracy,
+        "input": MODEL_INPUT, "output": MODEL_OUTPUT,
     }
     metrics_file = metrics_path(out)
     metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_report_text(run.report, CLASS_NAMES))
     print(f"\ntest accuracy {run.accuracy:.4f}; model {out}; metrics {metrics_file}")
+    print(usage_example(out))
     return ExitCode.OK
+
+
+def usage_example(model: Path) -> str:
+    """How to use the saved model: the preprocessing is inside it, so it takes raw pixels."""
+    from cifar_hpo.search.models.data import CLASS_NAMES
+
+    return (f"\nThe model takes raw pixels ({MODEL_INPUT}); do not divide by 255. For example:\n"
+            "    import keras, numpy as np\n"
+            f"    model = keras.models.load_model({str(model)!r})\n"
+            "    (_, _), (x_test, _) = keras.datasets.cifar10.load_data()  # uint8, shape (10000, 32, 32, 3)\n"
+            "    classes = model.predict(x_test[:8]).argmax(axis=-1)  # " + ", ".join(
+                f"{i} {name}" for i, name in enumerate(CLASS_NAMES)))
 
 
 # ----------------------------------------------------------------------------------------- register
@@ -203,20 +247,23 @@ def register(subparsers: Any) -> None:
     which = export.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, metavar="N", help="trial number")
     which.add_argument("--best", action="store_true", help="the best trial by validation accuracy (default)")
-    export.add_argument("-o", "--output", required=True, metavar="FILE.json", help="file to write")
+    export.add_argument("-o", "--output", metavar="FILE.json",
+                        help=f"file to write, or - for stdout (default: ./{BEST_CONFIG}, or ./trial_N_config.json "
+                        "with --trial N)")
     export.set_defaults(run=run_export)
 
     retrain = subparsers.add_parser(
         "retrain", help="train an exported configuration, evaluate it on the test set, save the model",
-        description="Trains on the training split the study used, prints the classification report on the test set, "
-        "writes MODEL.keras and MODEL.metrics.json beside it.")
+        description="Trains on all training images (less the study's validation split; --subset N for fewer), "
+        "prints the classification report on the test set, writes MODEL.keras and MODEL.metrics.json beside it. "
+        "The model takes raw 0-255 pixels: its preprocessing is inside it.")
     retrain.add_argument("--config", required=True, metavar="FILE.json", help="a file written by hpo export")
     retrain.add_argument("--data", metavar="PATH", help="where the data is on this machine (checked by fingerprint)")
     retrain.add_argument("--epochs", type=int, metavar="E", help="epochs (default: the config's)")
     retrain.add_argument("--seed", type=int, metavar="S", help="training seed (default: the config's)")
     retrain.add_argument("--subset", type=subset_arg, metavar="N|all",
-                         help="train on N images of the training split, or all of it, instead of the subset the "
-                              "study searched on (the validation images stay the same)")
+                         help="train on N images of the training split instead of all of it (default: all, whatever "
+                              "subset the study searched on; the validation images stay the same)")
     retrain.add_argument("--weights", metavar="imagenet|PATH", help="inception space: where the ImageNet weights are")
     retrain.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
     retrain.set_defaults(run=run_retrain)

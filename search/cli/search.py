@@ -22,6 +22,22 @@ STORAGE_HELP = (f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (d
                 f"with ${STORAGE_ENV}, PGPASSWORD or ~/.pgpass")
 
 
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_arg(text: str) -> float:
+    """`--timeout 90|90s|15m|2h`: seconds."""
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in DURATION_UNITS and text[-1:] else ""
+    try:
+        value = float(text[: len(text) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90, 90s, 15m or 2h, but got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, but got {text!r}")
+    return value * DURATION_UNITS[unit]
+
+
 def default_storage() -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_URL
 
@@ -35,7 +51,8 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, metavar="N",
                         help=f"study-wide total of finished (complete or pruned) trials to reach (default: the "
                         f"study's, else {DEFAULT_N_TRIALS}); shared by all workers")
-    parser.add_argument("--timeout", type=float, metavar="SEC", help="stop starting trials after SEC seconds")
+    parser.add_argument("--timeout", type=duration_arg, metavar="TIME",
+                        help="stop starting trials after TIME: seconds (90, 90s), minutes (15m) or hours (2h, 1.5h)")
     parser.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="SEC",
                         help=f"trial heartbeat interval; a trial silent for 1.5 intervals is failed and retried "
                         f"(default {DEFAULT_HEARTBEAT_S})")
@@ -97,10 +114,9 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
     study cannot be shared with a child, so it runs here.
     """
     from cifar_hpo.search.cli.progress import StudyProgress
-    from cifar_hpo.storage.counting import count_study_trials
 
     study = opened.study
-    progress = StudyProgress(n_trials, description, disable=quiet)
+    progress = StudyProgress(n_trials, description, disable=quiet, epochs=opened.settings.epochs)
     try:
         if is_memory(args.storage) or args.recycle_after == 0:
             code = _run_here(opened, n_trials, args.timeout, progress)
@@ -113,8 +129,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
                            deadline=None if args.timeout is None else time.time() + args.timeout,
                            recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
                            threads=threads)
-            code = run_in_child_processes(
-                job, on_poll=lambda: progress.show(count_study_trials(study, with_best=True)))
+            code = run_in_child_processes(job, on_poll=lambda: progress.poll(study))
     finally:
         progress.close()
     if not quiet:
@@ -125,12 +140,11 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
 def _run_here(opened: Any, n_trials: int | None, timeout: float | None, progress: Any) -> int:
     from cifar_hpo.search.runtime.objective import Objective
     from cifar_hpo.search.runtime.worker import run_worker
-    from cifar_hpo.storage.counting import count_study_trials
 
-    progress.show(count_study_trials(opened.study, with_best=True))
+    progress.poll(opened.study)
     try:
         run_worker(opened.study, Objective(opened.settings, opened.split), n_trials=n_trials, timeout=timeout,
-                   on_trial_end=lambda s, t: progress.show(count_study_trials(s, with_best=True)))
+                   on_trial_end=lambda s, t: progress.poll(s))
     except SearchStopped as err:
         print(f"hpo: worker stopped: {err}", file=sys.stderr)
         return ExitCode.FAILURE
@@ -192,7 +206,6 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
     from cifar_hpo.search.cli.progress import StudyProgress
     from cifar_hpo.search.engines.kerastuner.recorder import ENGINE
     from cifar_hpo.search.engines.kerastuner.tuner import project_dir, run_search, tuner_for
-    from cifar_hpo.storage.counting import count_study_trials
 
     if opened.settings.engine != ENGINE:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
@@ -203,11 +216,11 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
           f"{tuner}, files in {directory}/)", file=sys.stderr)
     n_trials = budget(args, opened.settings.n_trials)
     study = opened.study
-    progress = StudyProgress(n_trials, args.study)
-    progress.show(count_study_trials(study, with_best=True))
+    progress = StudyProgress(n_trials, args.study, epochs=opened.settings.epochs)
+    progress.poll(study)
     try:
         run_search(opened, tuner, n_trials=n_trials, timeout=args.timeout, directory=directory,
-                   on_trial_end=lambda: progress.show(count_study_trials(study, with_best=True)),
+                   on_trial_end=lambda: progress.poll(study),
                    on_note=lambda note: print(f"hpo search: {note}", file=sys.stderr))
     except SearchStopped as err:
         print(f"hpo: search stopped: {err}", file=sys.stderr)

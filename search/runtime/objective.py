@@ -12,8 +12,10 @@ from typing import Any, Callable
 import optuna
 
 from cifar_hpo.search.models.data import Split
+from cifar_hpo.search.models.phase import phase_sink
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.spaces import build_space, get_space_module
+from cifar_hpo.storage.attrs import PHASE_ATTR  # read by the watching process's progress display
 
 # Space name -> trainer "module:function"; a trainer takes (config, split, epochs=, trial=, seed=, settings=)
 # and returns (model, TrainResult).
@@ -55,6 +57,31 @@ def _release_freed_heap() -> None:
         pass
 
 
+PHASE_EVERY_S = 3.0
+
+
+class PhaseWriter:
+    """Stores a trial's current phase in its user attrs, at most every PHASE_EVERY_S seconds (and at its end),
+    so a long cache fill shows its own progress and time left without a write per chunk."""
+
+    def __init__(self, trial: optuna.trial.Trial, every_s: float = PHASE_EVERY_S) -> None:
+        self.trial, self.every_s = trial, every_s
+        self._phase, self._start, self._last = "", 0.0, float("-inf")
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase != self._phase or done == 0:
+            self._phase, self._start = phase, now
+        finished = done >= total
+        if not finished and now - self._last < self.every_s:
+            return
+        self._last = now
+        elapsed = now - self._start
+        eta = elapsed * (total - done) / done if 0 < done < total else None
+        self.trial.set_user_attr(PHASE_ATTR, {"phase": phase, "done": done, "total": total,
+                                              "eta_s": None if eta is None else round(eta, 1), "at": time.time()})
+
+
 class Objective:
     """Callable for ``study.optimize``; holds the data split so it is loaded once per worker."""
 
@@ -79,8 +106,9 @@ class Objective:
         seed = self.settings.seed + trial.number
         keras.utils.set_random_seed(seed)
         try:
-            _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
-                                     settings=self.settings)
+            with phase_sink(PhaseWriter(trial)):
+                _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
+                                         settings=self.settings)
         finally:
             clear_tensorflow_state()
         for key, value in result.user_attrs().items():

@@ -55,6 +55,9 @@ def child_main(job: ChildJob) -> None:
     """Entry point of a trial process; its exit code tells the parent what to do next."""
     _die_with_parent()
     from cifar_hpo.search.runtime.interrupts import interrupt_once
+    from cifar_hpo.search.runtime.quiet import quiet_libraries
+
+    quiet_libraries()  # before anything imports TensorFlow; HPO_VERBOSE comes from the parent's environment
 
     try:
         interrupt_once()  # also delivers a signal held since the parent started this process
@@ -66,12 +69,10 @@ def child_main(job: ChildJob) -> None:
 def _run_child(job: ChildJob) -> int:
     from cifar_hpo.search.errors import CONFIGURATION_ERRORS
     from cifar_hpo.search.runtime.objective import Objective
-    from cifar_hpo.search.runtime.quiet import quiet_libraries
     from cifar_hpo.search.runtime.threads import limit_cpu_threads
     from cifar_hpo.search.study_setup import open_hpo_study
     from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, run_worker
 
-    quiet_libraries()
     try:
         limit_cpu_threads(job.threads)
         opened = open_hpo_study(job.url, job.study, None, heartbeat_interval=job.heartbeat,

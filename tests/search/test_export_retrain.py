@@ -194,3 +194,34 @@ def test_retrain_on_all_training_images_after_a_subset_search(tmp_path: Path, ti
     with pytest.raises(SystemExit) as exit_info:
         main(["retrain", "--config", str(config), "--subset", "0", "--out", str(model_path)])
     assert exit_info.value.code == 2 and "'all'" in capsys.readouterr().err
+
+
+def test_retrain_defaults_to_all_images_shows_epochs_and_documents_the_input(tmp_path: Path, tiny_npz: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A config searched on a subset retrains on all training images by default and says so on its first
+    line; each epoch is shown (a plain line off a terminal); the saved model takes raw 0-255 pixels, which
+    the metrics file and the printed example say."""
+    import keras
+    import numpy as np
+
+    document = good_document(tiny_npz)
+    document["data"]["subset"] = 100
+    document["epochs"] = 2
+    config = write(tmp_path, document)
+    model_path = tmp_path / "m.keras"
+    assert main(["retrain", "--config", str(config), "--out", str(model_path)]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert err[0].startswith("hpo retrain: cnn config") and "training images: all (400 images, 100 held out" in err[0]
+    assert "the study searched on 100" in err[0]
+    assert [line.split(" val accuracy")[0] for line in err[1:3]] == ["hpo retrain: epoch 1/2", "hpo retrain: epoch 2/2"]
+    assert "left" in err[1]
+    metrics = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert metrics["training_subset"] is None and metrics["input"].startswith("uint8 or float 0-255, 32x32x3")
+    assert "load_model" in captured.out and "do not divide by 255" in captured.out
+    model = keras.models.load_model(model_path)
+    x_test = load_cifar10(tiny_npz).x_test
+    y_test = load_cifar10(tiny_npz).y_test
+    raw = model.predict(x_test, verbose=0).argmax(axis=-1)
+    assert np.isclose((raw == y_test).mean(), metrics["test_accuracy"])
+    assert np.array_equal(raw, model.predict(x_test.astype("float32"), verbose=0).argmax(axis=-1))
