@@ -47,7 +47,7 @@ def race(monkeypatch, url: str, name: str, npz, seeds: tuple[int, int]) -> tuple
     def open_it(i: int) -> None:
         given = {"space": "cnn", "data": str(npz), "val_size": 100, "epochs": 1, "seed": seeds[i], "n_trials": 4}
         try:
-            results[i] = study_setup.open_hpo_study(url, name, given, worker_index=i, heartbeat_interval=5)
+            results[i] = study_setup.open_hpo_study(url, name, given, heartbeat_interval=5)
         except ConfigError as err:
             results[i] = err
 
@@ -84,4 +84,5 @@ def test_racing_creators_with_the_same_settings_both_open_it_once(kind, request,
     assert results[0].settings == results[1].settings
     assert writes == {"note": 1, "baseline": 1}
     study = optuna.load_study(study_name=name, storage=url)
-    assert [t.user_attrs.get("baseline") for t in study.trials] == [True]  # enqueued once, before any worker asks
+    # baseline and priors enqueued once each, before any worker asks
+    assert [t.user_attrs.get("baseline") or t.user_attrs.get("prior") for t in study.trials] == [True, "vgg_bn", "resnet"]
