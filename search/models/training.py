@@ -26,6 +26,23 @@ class Reporter(Protocol):
     def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
+class ReportOnly:
+    """Stands for a trial in PruningCallback: reports each epoch, never prunes (for the KerasTuner engine, where
+    KerasTuner decides, and for prior recipes, which train to the end so a study never ends below them)."""
+
+    def __init__(self, trial: Reporter) -> None:
+        self.trial = trial
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:  # trainers record extras (e.g. feature_cache)
+        self.trial.set_user_attr(key, value)
+
+
 class PruningCallback(keras.callbacks.Callback):
     """Reports validation accuracy to the trial after every epoch; stops training when the pruner says so.
 

@@ -107,7 +107,12 @@ class Objective:
         keras.utils.set_random_seed(seed)
         try:
             with phase_sink(PhaseWriter(trial)):
-                _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
+                # Prior recipes train to the end: pruning one early (e.g. during its warm-up) would let a study
+                # end below a strong hand recipe; every other trial is pruned as the pruner says.
+                from cifar_hpo.search.models.training import ReportOnly
+
+                reporter = ReportOnly(trial) if trial.user_attrs.get("prior") else trial
+                _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=reporter, seed=seed,
                                          settings=self.settings)
         finally:
             clear_tensorflow_state()

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import keras_tuner as kt
 import optuna
 
-from cifar_hpo.search.engines.kerastuner.recorder import ReportOnly, StudyRecorder
+from cifar_hpo.search.engines.kerastuner.recorder import StudyRecorder
+from cifar_hpo.search.models.training import ReportOnly
 from cifar_hpo.spaces import build_space, get_space_module
 
 OBJECTIVE = "val_accuracy"

@@ -16,22 +16,6 @@ from cifar_hpo.storage.attrs import TUNER_ATTR
 ENGINE = "kerastuner"
 
 
-class ReportOnly:
-    """Stands for an Optuna trial in PruningCallback: reports each epoch, never prunes (KerasTuner decides)."""
-
-    def __init__(self, trial: optuna.trial.Trial) -> None:
-        self.trial = trial
-
-    def report(self, value: float, step: int) -> None:
-        self.trial.report(value, step)
-
-    def should_prune(self) -> bool:
-        return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:  # trainers record extras (e.g. feature_cache)
-        self.trial.set_user_attr(key, value)
-
-
 class StudyRecorder:
     """Writes KerasTuner trials into the Optuna study while they run (live in the dashboard)."""
 

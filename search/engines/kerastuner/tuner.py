@@ -40,7 +40,8 @@ import optuna
 from optuna.trial import TrialState
 
 from cifar_hpo.search.engines.kerastuner.hypermodel import OBJECTIVE, SearchContext, SpaceHyperModel, ActiveTrial
-from cifar_hpo.search.engines.kerastuner.recorder import ReportOnly, StudyRecorder, whole_curve
+from cifar_hpo.search.engines.kerastuner.recorder import StudyRecorder, whole_curve
+from cifar_hpo.search.models.training import ReportOnly
 from cifar_hpo.search.engines.kerastuner.translate import kerastuner_hyperparameters, params_from_values
 from cifar_hpo.search.errors import ConfigError, SearchStopped
 from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES

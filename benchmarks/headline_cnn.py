@@ -1,0 +1,221 @@
+"""Headline CNN run: search + final training + one test evaluation on full CIFAR-10 within a wall budget.
+
+One command, as a user runs the service (every step is an `hpo` command, recorded in the JSON):
+
+    python benchmarks/headline_cnn.py --data DIR/cifar10.npz [--budget-minutes 120] [--final-minutes 40] \
+        [--epochs 15] [--space-config benchmarks/configs/cnn_headline_cpu.toml] [--state-dir ~/.cache/cifar-hpo]
+
+1. Search: `hpo search --space cnn` on the full training split (45,000 training / 5,000 validation images,
+   stratified, seed 0), Hyperband on validation accuracy (with horizontal-flip test-time augmentation), the
+   seed baseline and the space's priors enqueued first when the bounds hold them. The search may use the
+   budget minus --final-minutes; `hpo search --timeout` stops starting trials, and the process is stopped
+   (SIGTERM: the running trial is marked FAIL) if a trial would run past the search's share.
+2. Final: the best trial by validation accuracy is exported (`hpo export --best`) and retrained on all
+   45,000 training images for its best epoch count (`hpo retrain`), then evaluated ONCE on the 10,000 test
+   images with the study's test-time augmentation. The test set chooses nothing.
+
+Resumable: the study lives in a SQLite file under --state-dir (outside the clone) and the wall clock spent
+per phase in a state file beside it; the same command continues where it stopped (a phase already done is
+not repeated), and the JSON reports the wall clock summed over sessions. Writes
+benchmarks/results/headline_cnn.json (commands, every trial, seconds per phase, test accuracy, per-class
+report) and headline_cnn.png (best validation accuracy vs wall clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+HAND_MODEL = {"test_accuracy": 0.869, "val_accuracy": 0.872, "minutes": 25,
+              "what": "one hand-written Keras model (3 x 2 convs 32-64-128, BN, GAP, flips + translation, AdamW + "
+                      "cosine, 15 epochs on 45,000 images) on the same kind of 2-core machine (issue 14)"}
+SEED_PROJECT = {"base_cnn": 0.72, "cnn_augmented": 0.78}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 .npz")
+    parser.add_argument("--budget-minutes", type=float, default=120.0, help="wall budget for everything (default 120)")
+    parser.add_argument("--final-minutes", type=float, default=40.0,
+                        help="part of the budget kept for the final training and test evaluation (default 40)")
+    parser.add_argument("--epochs", type=int, default=15, help="maximum epochs per trial (default 15)")
+    parser.add_argument("--space-config", default=str(ROOT / "benchmarks" / "configs" / "cnn_headline_cpu.toml"))
+    parser.add_argument("--study", default="headline-cnn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "cifar-hpo" / "headline")
+    parser.add_argument("--subset", type=int, help="train on N images (smoke tests; default all 45,000)")
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "headline_cnn.json")
+    return parser.parse_args(argv)
+
+
+class State:
+    """Seconds spent per phase and what each phase produced, kept beside the study (resumable runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"seconds": {}, "commands": []}
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.data["seconds"][phase] = round(self.data["seconds"].get(phase, 0.0) + seconds, 1)
+        self.save()
+
+    def seconds(self, phase: str) -> float:
+        return float(self.data["seconds"].get(phase, 0.0))
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+
+def hpo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cifar_hpo.search.cli", *args]
+
+
+def shown(command: list[str], data: str) -> str:
+    """The command as a user types it (hpo ..., the data folder as DIR)."""
+    words = ["hpo", *command[3:]] if command[:3] == hpo() else command
+    return " ".join(w.replace(str(Path(data).parent), "DIR") for w in words)
+
+
+def run_until(command: list[str], deadline_s: float, log: Path) -> tuple[int, float]:
+    """Run ``command``; SIGTERM it at the deadline (the running trial is marked FAIL). (exit code, seconds)."""
+    start = time.monotonic()
+    with open(log, "a") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            proc.wait(timeout=max(1.0, deadline_s))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+    return proc.returncode, time.monotonic() - start
+
+
+def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
+    share = (args.budget_minutes - args.final_minutes) * 60 - state.seconds("search")
+    if share <= 60:
+        return
+    command = hpo("search", "--space", "cnn", "--study", args.study, "--storage", url, "--data", args.data,
+                  "--epochs", str(args.epochs), "--n-trials", "1000", "--timeout", f"{int(share)}",
+                  "--space-config", args.space_config, "--seed", str(args.seed), "--val-size", str(args.val_size),
+                  *(["--subset", str(args.subset)] if args.subset else []))
+    state.data["commands"].append(shown(command, args.data))
+    code, seconds = run_until(command, share, log)
+    state.add_seconds("search", seconds)
+    state.data["search_exit_codes"] = [*state.data.get("search_exit_codes", []), code]
+    state.save()
+
+
+def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
+    if "final" in state.data:
+        return
+    config, model = args.state_dir / f"{args.study}-best.json", args.state_dir / f"{args.study}-final.keras"
+    export = hpo("export", "--study", args.study, "--storage", url, "--best", "-o", str(config))
+    retrain = hpo("retrain", "--config", str(config), "--data", args.data, "--out", str(model),
+                  *(["--subset", str(args.subset)] if args.subset else []))
+    for command in (export, retrain):
+        state.data["commands"].append(shown(command, args.data))
+        code, seconds = run_until(command, 6 * 3600, log)
+        state.add_seconds("final", seconds)
+        if code != 0:
+            raise SystemExit(f"headline_cnn: {shown(command, args.data)} failed (exit {code}); see {log}")
+    metrics = json.loads(model.with_name(model.name[: -len(".keras")] + ".metrics.json").read_text())
+    state.data["final"] = {key: metrics[key] for key in ("trial", "params", "epochs", "seed", "test_accuracy",
+                                                         "classification_report", "n_params", "fit_seconds",
+                                                         "best_val_accuracy", "history")}
+    state.save()
+
+
+def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=url)
+    start = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
+    rows = []
+    for t in study.trials:
+        attrs = t.user_attrs
+        done = t.datetime_complete
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "prior": attrs.get("prior"),
+            "baseline": bool(attrs.get("baseline")), "params": t.params, "epochs_run": attrs.get("epochs_run"),
+            "val_accuracy_per_epoch": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
+            "fit_seconds": attrs.get("fit_seconds"), "wall_seconds": attrs.get("wall_seconds"),
+            "train_images_per_s": attrs.get("train_images_per_s"), "n_params": attrs.get("params"),
+            "precision": attrs.get("precision"),
+            "finished_after_s": round((done - start).total_seconds(), 1) if done and start else None,
+        })
+    return rows, study
+
+
+def plot(rows: list[dict[str, Any]], path: Path, budget_s: float) -> None:
+    """Best validation accuracy so far against the search's wall clock (each point: a trial finishing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((r["finished_after_s"], max(r["val_accuracy_per_epoch"] or [0.0])) for r in rows
+                    if r["finished_after_s"] is not None and r["state"] in ("COMPLETE", "PRUNED"))
+    best, xs, ys = 0.0, [], []
+    for seconds, value in points:
+        best = max(best, value)
+        xs.append(seconds / 60)
+        ys.append(best)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.step(xs, ys, where="post", label="best validation accuracy so far")
+    ax.scatter([p[0] / 60 for p in points], [p[1] for p in points], s=12, alpha=0.5, label="each finished trial")
+    ax.axvline(budget_s / 60, color="grey", linestyle="--", label="search share of the budget")
+    ax.set_xlabel("search wall clock (minutes)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("headline_cnn: full CIFAR-10, 2-core CPU")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    args.data = str(Path(args.data).expanduser().resolve())
+    url = f"sqlite:///{args.state_dir / (args.study + '.db')}"
+    state = State(args.state_dir / f"{args.study}.state.json")
+    log = args.state_dir / f"{args.study}.log"
+    search(args, url, state, log)
+    final(args, url, state, log)
+    rows, study = trial_rows(url, args.study)
+    seconds = state.data["seconds"]
+    total = sum(seconds.values())
+    result = {
+        "what": "search + final training + one test evaluation of the cnn space on full CIFAR-10 (45,000 train / "
+                "5,000 validation / 10,000 test), chosen by validation accuracy only",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "commands": state.data["commands"],
+        "budget_minutes": args.budget_minutes, "final_minutes_reserved": args.final_minutes,
+        "wall_seconds": {**seconds, "total": round(total, 1)},
+        "within_budget": total <= args.budget_minutes * 60,
+        "test_accuracy": state.data["final"]["test_accuracy"],
+        "final": state.data["final"],
+        "n_trials": len(rows), "trials": rows,
+        "compare": {"hand_written_model": HAND_MODEL, "seed_project": SEED_PROJECT},
+        "search_exit_codes": state.data.get("search_exit_codes"),
+        "settings": study.user_attrs.get("hpo_settings"),
+    }
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(rows, args.out.with_suffix(".png"), (args.budget_minutes - args.final_minutes) * 60)
+    print(f"test accuracy {result['test_accuracy']:.4f} after {total / 60:.1f} min in all "
+          f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}); {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
