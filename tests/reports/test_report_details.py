@@ -69,7 +69,7 @@ def test_single_epoch_learning_curve_has_whole_epoch_ticks() -> None:
 
 def test_parallel_coordinates_title_and_labels_clear_the_plot() -> None:
     study = make_study("sqlite:///:memory:", "p", StudySettings(), n_complete=6)
-    figure = parallel_figure(study, ["learning_rate", "dense_units", "conv_dropout", "optimizer"])
+    figure = parallel_figure(study, ["weight_decay", "dense_units", "conv_dropout", "optimizer"])
     renderer = figure.canvas.get_renderer()
     ax = figure.axes[0]
     plot_box = ax.get_window_extent(renderer)

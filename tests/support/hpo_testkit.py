@@ -63,8 +63,12 @@ def make_trial(params: dict[str, Any], curve: list[float], state: TrialState = T
 
 
 def variant(rng: np.random.Generator) -> dict[str, Any]:
-    return dict(SMALL_CNN, dense_units=int(rng.integers(64, 1024)), learning_rate=float(10 ** rng.uniform(-4, -2)),
-                conv_dropout=float(rng.uniform(0, 0.4)), optimizer=str(rng.choice(["adam", "sgd"])))
+    """A random neighbour of SMALL_CNN, with the learning rate under the chosen optimizer's own parameter."""
+    optimizer = str(rng.choice(["adam", "sgd"]))
+    params = {k: v for k, v in SMALL_CNN.items() if not k.endswith("_learning_rate")}
+    low, high = (-4, -2) if optimizer == "adam" else (-2, -0.5)
+    return dict(params, dense_units=int(rng.integers(64, 1024)), conv_dropout=float(rng.uniform(0, 0.4)),
+                optimizer=optimizer, **{f"{optimizer}_learning_rate": float(10 ** rng.uniform(low, high))})
 
 
 def make_study(storage: str, name: str, settings: StudySettings, n_complete: int = 5, seed: int = 0) -> optuna.Study:
