@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 
 from cifar_hpo.search.errors import ConfigError
+from cifar_hpo.search.models.precision import PRECISIONS
 from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
 FORMAT = 1
@@ -22,6 +23,9 @@ ENGINES = ("optuna", "kerastuner")
 BUDGET_FIELDS = ("n_trials", "timeout")
 # The data's location may differ between machines; its fingerprint may not.
 LOCAL_FIELDS = ("data",)
+# What a study written before a field existed meant by it (from_study fills it in): those studies trained in
+# float32, and must keep meaning that, whatever the default for new studies is.
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32"}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -42,6 +46,7 @@ class StudySettings:
     baseline: bool = True
     weights: str = "imagenet"
     engine: str = "optuna"
+    precision: str = "auto"  # resolved per trial process (search/models/precision.py)
     n_trials: int | None = None
     timeout: float | None = None
 
@@ -50,6 +55,8 @@ class StudySettings:
             (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
             (self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, but got {self.pruner!r}"),
             (self.engine in ENGINES, f"--engine must be one of {list(ENGINES)}, but got {self.engine!r}"),
+            (self.precision in PRECISIONS,
+             f"--precision must be one of {list(PRECISIONS)}, but got {self.precision!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, but got {self.epochs}"),
             (self.val_size >= 10, f"--val-size must be >= 10, but got {self.val_size}"),
             (self.subset is None or self.subset >= 10, f"--subset must be >= 10, but got {self.subset}"),
@@ -70,7 +77,7 @@ class StudySettings:
             raise ConfigError(f"study {study.study_name!r} was not created by hpo (no {SETTINGS_ATTR} attribute)")
         if attrs.get(FORMAT_ATTR, 0) > FORMAT:
             raise ConfigError(f"study {study.study_name!r} was written by a newer hpo (format {attrs[FORMAT_ATTR]}); upgrade cifar-hpo")
-        stored = dict(attrs[SETTINGS_ATTR])
+        stored = {**LEGACY_DEFAULTS, **attrs[SETTINGS_ATTR]}
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in stored.items() if k in known})
 
