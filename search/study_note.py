@@ -36,6 +36,9 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         f"- **Budget**: {', '.join(budget)}",
         f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",
         f"- **Engine**: {settings.engine}; seed baseline enqueued first: {'yes' if settings.baseline else 'no'}",
+        f"- **Precision**: {settings.precision}"
+        + (" (resolved by each trial process; its `precision` user attr holds the Keras policy it used)"
+           if settings.precision == "auto" else ""),
     ]
     if settings.space == "inception":
         lines.append(f"- **Weights**: `{settings.weights}`")

@@ -45,7 +45,7 @@ def build_cnn(config: CnnConfig, mean: np.ndarray | None = None, variance: np.nd
     x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     if config.dense_dropout > 0:
         x = layers.Dropout(config.dense_dropout, seed=seed)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes", dtype="float32")(x)  # float32 loss
     return keras.Model(inputs, outputs, name="cnn")
 
 

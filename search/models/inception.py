@@ -175,7 +175,8 @@ def build_inception(config: InceptionConfig, weights: str | None = "imagenet", s
         x = layers.Dense(config.head_dense, activation="relu", name="head_dense")(x)
     if config.head_dropout > 0:
         x = layers.Dropout(config.head_dropout, seed=seed)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    # float32 probabilities under any mixed-precision policy: losses and metrics stay stable
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes", dtype="float32")(x)
     classifier = keras.Model(final, outputs, name="classifier")
     if top is None:  # a frozen extractor: the cut is mixed10, and the classifier is the whole head
         head = classifier

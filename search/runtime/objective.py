@@ -12,6 +12,7 @@ from typing import Any, Callable
 import optuna
 
 from cifar_hpo.search.models.data import Split
+from cifar_hpo.search.models.precision import apply_precision
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.spaces import build_space, get_space_module
 
@@ -79,6 +80,7 @@ class Objective:
         seed = self.settings.seed + trial.number
         keras.utils.set_random_seed(seed)
         try:
+            apply_precision(self.settings.precision, trial)  # after the last trial's clear_session reset it
             _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
                                      settings=self.settings)
         finally:
