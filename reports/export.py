@@ -46,6 +46,7 @@ class ExportedConfig:
     trial: int | None
     versions: dict[str, str | None]
     source: str
+    precision: str = "float32"  # the study's --precision; exports written before it existed came from float32
 
 
 def library_versions() -> dict[str, str | None]:
@@ -83,6 +84,7 @@ def build_export(study_name: str, trial: FrozenTrial, settings: Mapping[str, Any
         "seed": int(settings.get("seed", 0)) + trial.number,  # the seed the trial itself trained with
         "weights": settings.get("weights") if settings["space"] != "cnn" else None,
         "tta": settings.get("tta") or "none",
+        "precision": settings.get("precision", "float32"),  # so `hpo retrain` trains as the search did
         "source": {
             "study": study_name, "trial": trial.number, "state": trial.state.name,
             "baseline": bool(trial.user_attrs.get("baseline", False)),
@@ -149,6 +151,7 @@ def parse_export(document: Any, where: str = "config", source: str = "") -> Expo
         space=space, params=dict(params), config=config, data={k: data.get(k) for k in DATA_FIELDS},
         epochs=epochs, seed=seed, weights=document.get("weights"), tta=tta, study=origin.get("study"),
         trial=origin.get("trial"), versions=dict(document.get("versions") or {}), source=source,
+        precision=str(document.get("precision") or "float32"),
     )
 
 

@@ -166,7 +166,7 @@ def study_blocks(r: StudyRanking, meta: ReportMeta) -> list[Block]:
     blocks.append(Paragraph(
         f"Data {code(data)} (fingerprint {code(s.get('data_fingerprint'))}), validation {s.get('val_size')} images, "
         f"training subset {s.get('subset') or 'all'}, up to {plural(s.get('epochs'), 'epoch')}, seed {s.get('seed')}, "
-        f"{search_method(r)}."))
+        f"precision {s.get('precision') or 'float32'}, {search_method(r)}."))
     blocks.append(Paragraph(
         f"Trials: {c.complete} complete, {c.pruned} pruned ({c.infeasible} of these as infeasible configurations), "
         f"{c.failed} failed, {c.running} running, {c.waiting} waiting."))

@@ -115,10 +115,12 @@ def retrain(space: str, params: dict[str, Any], split: Split, *, epochs: int, se
     may watch the epochs)."""
     import keras
 
+    from cifar_hpo.search.models.precision import apply_precision
     from cifar_hpo.search.runtime.objective import get_trainer
 
     config = get_space_module(space).config_from_params(dict(params))
     keras.utils.set_random_seed(seed)
+    apply_precision(settings.precision)  # the study's precision, resolved on this machine as a worker would
     return get_trainer(space)(config, split, epochs=epochs, trial=reporter, seed=seed, settings=settings)
 
 
@@ -145,6 +147,7 @@ def settings_for_export(exported: ExportedConfig, data_override: str | None, epo
         "val_size": data.get("val_size"), "seed": data.get("seed"),
         "subset": data.get("subset") if subset is None else (None if subset == ALL_IMAGES else subset),
         "epochs": epochs or exported.epochs, "weights": weights or exported.weights, "tta": exported.tta,
+        "precision": exported.precision,
     }
     try:
         settings = StudySettings(**{k: v for k, v in values.items() if v is not None})

@@ -13,6 +13,7 @@ import optuna
 
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.reports.export import TTA_MODES
+from cifar_hpo.search.models.precision import PRECISIONS
 from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
 FORMAT = 1
@@ -23,10 +24,9 @@ ENGINES = ("optuna", "kerastuner")
 BUDGET_FIELDS = ("n_trials", "timeout")
 # The data's location may differ between machines; its fingerprint may not.
 LOCAL_FIELDS = ("data",)
-
-# Settings that did not exist when older studies were created, with the meaning those studies had: a study
-# keeps meaning what it meant when it is resumed, reported or retrained.
-LEGACY_DEFAULTS: dict[str, Any] = {"tta": "none", "priors": False}
+# What a study written before a field existed meant by it (from_study fills it in): those studies trained in
+# float32, without test-time augmentation or priors, and keep meaning that when resumed, reported or retrained.
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -47,6 +47,7 @@ class StudySettings:
     baseline: bool = True
     weights: str = "imagenet"
     engine: str = "optuna"
+    precision: str = "auto"  # resolved per trial process (search/models/precision.py)
     n_trials: int | None = None
     timeout: float | None = None
     tta: str | None = None  # test-time augmentation of validation and test scoring; None: the space's default
@@ -62,6 +63,8 @@ class StudySettings:
             (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
             (self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, but got {self.pruner!r}"),
             (self.engine in ENGINES, f"--engine must be one of {list(ENGINES)}, but got {self.engine!r}"),
+            (self.precision in PRECISIONS,
+             f"--precision must be one of {list(PRECISIONS)}, but got {self.precision!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, but got {self.epochs}"),
             (self.val_size >= 10, f"--val-size must be >= 10, but got {self.val_size}"),
             (self.subset is None or self.subset >= 10, f"--subset must be >= 10, but got {self.subset}"),

@@ -44,6 +44,9 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         "- **Scoring**: validation (and later test) accuracy "
         + ("with horizontal-flip test-time augmentation (predictions of each image and its mirror averaged)"
            if settings.tta == "flip" else "without test-time augmentation"),
+        f"- **Precision**: {settings.precision}"
+        + (" (resolved by each trial process; its `precision` user attr holds the Keras policy it used)"
+           if settings.precision == "auto" else ""),
     ]
     priors = getattr(get_space_module(settings.space), "PRIORS", {}) if settings.priors and settings.engine == "optuna" else {}
     if priors:

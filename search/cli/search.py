@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from cifar_hpo.search.errors import ConfigError, ExitCode, SearchStopped
+from cifar_hpo.search.models.precision import PRECISIONS
 from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
@@ -85,6 +86,10 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation of validation and test scoring (default: flip for cnn)")
     parser.add_argument("--weights", metavar="imagenet|PATH",
                         help="inception space: ImageNet weights through Keras (default) or a .weights.h5 file")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="training precision (default auto: resolved by each trial process, mixed bf16 on a "
+                        "CPU with AVX512-BF16/AMX or a GPU of compute capability >= 8.0, mixed fp16 on older "
+                        "GPUs, else float32); bf16/fp16 force mixed precision, float32 turns it off")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "space": args.space, "engine": args.engine, "sampler": args.sampler, "pruner": args.pruner,
         "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
-        "priors": False if args.no_priors else None, "tta": args.tta,
+        "priors": False if args.no_priors else None, "tta": args.tta, "precision": args.precision,
         "n_trials": args.n_trials, "timeout": args.timeout,
     }
 

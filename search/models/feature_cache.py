@@ -7,7 +7,11 @@ here and trains only the part above. An entry is keyed by
 - ``weights``: the weights' identity ("imagenet", or the sha256 of the weights file's bytes, never its path);
 - ``input_size`` and ``cut`` (the layer whose output is stored, e.g. "mixed8");
 - ``data``: a fingerprint of the pixel arrays (so another split, subset or seed is another entry);
-- ``view``: "clean", or which fixed augmented view of the images (strength, seed, index).
+- ``view``: "clean", or which fixed augmented view of the images (strength, seed, index);
+- ``precision``: the compute dtype the trunk ran in ("float32", "bfloat16", "float16"): bf16 features differ
+  from float32 ones (cosine 0.999 median, 0.991 worst image at mixed8; benchmarks/precision.py), so they never share an entry. A float32 key
+  hashes without this field, exactly as before it existed, so float32 entries written earlier stay valid
+  (bumping FORMAT instead would have orphaned every existing entry).
 
 Entries live in memory (least recently used dropped beyond a byte budget) and, unless disabled, on disk
 as ``.npy`` files (memory-mapped on load, written atomically so parallel workers can share a directory).
@@ -62,9 +66,13 @@ class CacheKey:
     data: str
     view: str = "clean"
     dtype: str = STORE_DTYPE
+    precision: str = "float32"
 
     def token(self, format: int = FORMAT) -> str:
-        text = json.dumps({**asdict(self), "format": format}, sort_keys=True)
+        fields = asdict(self)
+        if fields["precision"] == "float32":  # the key as it was before precision existed: old entries match
+            del fields["precision"]
+        text = json.dumps({**fields, "format": format}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -7,6 +7,9 @@ features. Augmentation with the cache: each training image gets ``AUG_VIEWS`` fi
 (seeded, shared by all trials with the same strength), computed once; epoch ``e`` trains on view
 ``e mod AUG_VIEWS``. The cache is bypassed, and the trunk with live augmentation runs every epoch, when
 ``HPO_FEATURE_CACHE=off`` or the trunk has random weights (``weights=None``, tests only).
+The trunk runs under the trial's dtype policy (search/models/precision.py): bf16 features stay close to
+float32 ones (cosine 0.999 median) and extract faster on a bf16 CPU, and the cache keys entries by the compute
+dtype, so bf16 and float32 features never mix.
 
 Two phases share one step counter for pruning: ``warmup_epochs`` of head-only training at ``head_lr``,
 then fine-tuning of the unfrozen blocks and the head at ``head_lr * finetune_lr_fraction``. The
@@ -35,7 +38,7 @@ from cifar_hpo.spaces.inception import TOP_BLOCK, InceptionConfig
 
 AUG_VIEWS = 2  # fixed augmented views per training image when training on cached features
 AUG_SEED = 20240  # views are shared by every trial (same strength), so their seed is not the trial's
-TRUNK_BATCH = 64  # images per trunk forward pass while filling the cache
+TRUNK_BATCH = 32  # images per trunk forward pass while filling the cache (fastest on CPU: benchmarks/precision.py)
 CHUNK = 2048  # images cast/augmented at a time (bounds memory on full CIFAR-10)
 EVAL_BATCH = 256
 WEIGHTS_HINT = "give 'imagenet' or a .weights.h5 file saved from keras.applications.InceptionV3(include_top=False)"
@@ -134,6 +137,7 @@ class InceptionParts:
     classifier: keras.Model
     head: keras.Model
     full: keras.Model
+    compute_dtype: str = "float32"  # of the policy the trunk was built under; part of the cache key
 
     def set_top_trainable(self, trainable: bool) -> None:
         """Per layer (a Functional model cut out of another does not pass ``trainable`` on to its layers).
@@ -176,7 +180,8 @@ def build_inception(config: InceptionConfig, weights: str | None = "imagenet", s
         x = layers.Dense(config.head_dense, activation="relu", name="head_dense")(x)
     if config.head_dropout > 0:
         x = layers.Dropout(config.head_dropout, seed=seed)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    # float32 probabilities under any mixed-precision policy: losses and metrics stay stable
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="classes", dtype="float32")(x)
     classifier = keras.Model(final, outputs, name="classifier")
     if top is None:  # a frozen extractor: the cut is mixed10, and the classifier is the whole head
         head = classifier
@@ -189,7 +194,8 @@ def build_inception(config: InceptionConfig, weights: str | None = "imagenet", s
     for layer in augmentation_layers(config.augment_strength, seed=seed):
         x = layer(x)
     full = keras.Model(pixels, head(bottom(x, training=False)), name="inception_transfer")
-    return InceptionParts(config, trunk, bottom, top, classifier, head, full)
+    compute_dtype = str(keras.mixed_precision.global_policy().compute_dtype)  # set by search/models/precision.py
+    return InceptionParts(config, trunk, bottom, top, classifier, head, full, compute_dtype)
 
 
 def compile_phase(model: keras.Model, config: InceptionConfig, learning_rate: float) -> None:
@@ -264,7 +270,8 @@ def cut_features(parts: InceptionParts, x: np.ndarray, cache: FeatureCache, weig
     view_id = "clean" if strength == 0 else f"aug{strength:g}-seed{AUG_SEED}-view{view}"
 
     def key(block: int) -> CacheKey:
-        return CacheKey(weights_id, parts.config.input_size, block_name(block), data_id, view_id)
+        return CacheKey(weights_id, parts.config.input_size, block_name(block), data_id, view_id,
+                        precision=parts.compute_dtype)
 
     cut = parts.config.cut_block if block is None else block
 

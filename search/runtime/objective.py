@@ -13,6 +13,7 @@ import optuna
 
 from cifar_hpo.search.models.data import Split
 from cifar_hpo.search.models.phase import phase_sink
+from cifar_hpo.search.models.precision import apply_precision
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.spaces import build_space, get_space_module
 from cifar_hpo.storage.attrs import PHASE_ATTR  # read by the watching process's progress display
@@ -114,6 +115,9 @@ class Objective:
                 reporter = ReportOnly(trial) if trial.user_attrs.get("prior") else trial
                 _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=reporter, seed=seed,
                                          settings=self.settings)
+            apply_precision(self.settings.precision, trial)  # after the last trial's clear_session reset it
+            _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
+                                     settings=self.settings)
         finally:
             clear_tensorflow_state()
         for key, value in result.user_attrs().items():

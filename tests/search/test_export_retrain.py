@@ -51,6 +51,7 @@ def test_export_then_retrain_round_trip(tiny_study: tuple[str, Path], tmp_path: 
     assert document["data"]["fingerprint"] == load_cifar10(data).fingerprint()
     assert document["data"]["val_size"] == 100 and document["source"] == {**document["source"], "trial": 0, "baseline": True}
     assert set(document["versions"]) >= {"tensorflow", "keras", "optuna"} and document["versions"]["optuna"]
+    assert document["precision"] == "auto"  # the study's flag, so `hpo retrain` trains as the search did
     capsys.readouterr()
 
     model_path = tmp_path / "m.keras"
@@ -101,6 +102,15 @@ def test_report_evaluate_refuses_other_data(tiny_study: tuple[str, Path], tmp_pa
     rc = main(["report", "--study", "tiny", "--storage", url, "--out", str(tmp_path / "r"), "--evaluate",
                "--data", str(other)])
     assert rc == 2 and "fingerprint" in one_line_error(capsys)
+
+
+def test_exports_written_before_precision_retrain_in_float32(tiny_npz: Path) -> None:
+    from cifar_hpo.search.evaluate import settings_for_export
+
+    document = good_document(tiny_npz)
+    assert parse_export(document).precision == "float32"
+    assert settings_for_export(parse_export(document), None, None, None).precision == "float32"
+    assert settings_for_export(parse_export({**document, "precision": "bf16"}), None, None, None).precision == "bf16"
 
 
 def write(tmp_path: Path, document: Any, name: str = "c.json") -> Path:

@@ -105,3 +105,32 @@ def test_same_seed_and_trial_number_draw_the_same_random_configuration():
         assert draws(StudySettings(sampler=sampler)) == draws(StudySettings(sampler=sampler))
         assert len(set(draws(StudySettings(sampler=sampler)))) == 3
         assert draws(StudySettings(sampler=sampler, seed=1)) != draws(StudySettings(sampler=sampler))
+
+
+def test_precision_defaults_to_auto_for_new_studies_and_is_checked():
+    assert resolve(None, {}).precision == "auto"
+    assert resolve(None, {"precision": "bf16"}).precision == "bf16"
+    with pytest.raises(ConfigError, match=r"--precision must be one of \['auto', 'float32', 'bf16', 'fp16'\]"):
+        resolve(None, {"precision": "half"})
+
+
+def test_a_study_created_before_precision_existed_loads_as_float32():
+    import optuna
+
+    study = optuna.create_study()
+    attrs = StudySettings(epochs=3).to_attrs()
+    del attrs["hpo_settings"]["precision"]  # what an older hpo wrote
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    stored = StudySettings.from_study(study)
+    assert stored.precision == "float32"
+    assert resolve(stored, {}).precision == "float32"  # resuming without the flag keeps it
+    with pytest.raises(ConfigError, match="precision: study has 'float32', command asks 'auto'"):
+        resolve(stored, {"precision": "auto"})
+
+
+def test_resume_refuses_a_different_precision():
+    stored = StudySettings(precision="bf16")
+    assert resolve(stored, {"precision": "bf16"}) == stored
+    with pytest.raises(ConfigError, match="precision: study has 'bf16', command asks 'fp16'"):
+        resolve(stored, {"precision": "fp16"})

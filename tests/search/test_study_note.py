@@ -25,7 +25,7 @@ def test_note_names_every_setting_and_bound() -> None:
     note = study_note("s1", settings, space)
     for text in ("## s1: `cnn` space", "`/data/cifar10.npz`", "fingerprint `abc123`", "2000 validation images",
                  "subset of 8000 training images", "seed 7", "up to 12 epochs per trial", "40 trials",
-                 "timeout 3600 s", "**Sampler**: random", "**pruner**: median"):
+                 "timeout 3600 s", "**Sampler**: random", "**pruner**: median", "**Precision**: auto (resolved"):
         assert text in note
     for name, bound in space_bounds(space).items():
         assert f"| {name} | {describe(bound)}" in note
@@ -37,6 +37,7 @@ def test_note_defaults_say_where_the_data_comes_from() -> None:
     note = study_note("s", StudySettings(), build_space("cnn"))
     assert "CIFAR-10 through keras.datasets" in note and "all training images" in note
     assert "timeout" not in note  # no budget line for what was not set
+    assert "**Precision**: float32\n" in study_note("s", StudySettings(precision="float32"), build_space("cnn"))
 
 
 def test_annotate_saves_the_note_on_the_study() -> None:

@@ -78,7 +78,10 @@ class SpaceHyperModel(kt.HyperModel):
         ctx = self.ctx
         if ctx.active is None or ctx.builder is None:
             raise kt.errors.FatalError("SpaceHyperModel.build runs only inside a recorded trial")
+        from cifar_hpo.search.models.precision import apply_precision
+
         keras.utils.set_random_seed(ctx.active.seed)  # KerasTuner cleared the session just before
+        apply_precision(ctx.settings.precision, ctx.active.trial)  # clear_session reset the policy too
         if ctx.stats is None:
             ctx.stats = ctx.split.train_channel_stats
         return ctx.builder(ctx.active.config, ctx.stats, len(ctx.split.x_train), ctx.settings.epochs,

@@ -144,7 +144,10 @@ class _RecordingMixin:
 
         import keras
 
+        from cifar_hpo.search.models.precision import apply_precision
+
         keras.utils.set_random_seed(ctx.active.seed)
+        apply_precision(ctx.settings.precision, ctx.active.trial)
         _, ctx.active.result = get_trainer(ctx.settings.space)(
             ctx.active.config, ctx.split, epochs=epochs, trial=ReportOnly(ctx.active.trial), seed=ctx.active.seed,
             settings=ctx.settings)

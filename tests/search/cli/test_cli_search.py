@@ -26,7 +26,8 @@ def test_help_lists_subcommands_and_documents_every_flag(capsys):
         main(["search", "--help"])
     out = capsys.readouterr().out
     for flag in ("--space", "--study", "--storage", "--n-trials", "--timeout", "--sampler", "--pruner", "--epochs",
-                 "--subset", "--val-size", "--data", "--space-config", "--seed", "--no-baseline"):
+                 "--subset", "--val-size", "--data", "--space-config", "--seed", "--no-baseline",
+                 "--precision"):
         assert flag in out, flag
 
 
