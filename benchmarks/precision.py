@@ -39,8 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar_hpo.search.models.cnn import build_cnn, compile_cnn  # noqa: E402
-from cifar_hpo.search.models.data import load_cifar10, make_dataset, split_train_val  # noqa: E402
+from cifar_hpo.search.models.cnn import build_cnn, cnn_inputs, compile_cnn  # noqa: E402
+from cifar_hpo.search.models.data import load_cifar10, split_train_val  # noqa: E402
 from cifar_hpo.search.models.feature_cache import STORE_DTYPE  # noqa: E402
 from cifar_hpo.search.models.precision import BF16_CPU_FLAGS, cpu_flags, resolve  # noqa: E402
 from cifar_hpo.search.models.training import EpochTimer, fit_tracked  # noqa: E402
@@ -65,11 +65,10 @@ def train_once(config: Any, split: Any, policy: str, epochs: int, seed: int) -> 
     mean, variance = split.train_channel_stats
     model = build_cnn(config, mean, variance, seed=seed)
     compile_cnn(model, config, len(split.x_train), epochs)
-    train_ds = make_dataset(split.x_train, split.y_train, config.batch_size, shuffle=True, seed=seed)
-    val_ds = make_dataset(split.x_val, split.y_val, 512, shuffle=False)
-    timer = EpochTimer()
-    result = fit_tracked(model, train_ds, val_ds, epochs=epochs, n_train=len(split.x_train), trial=None,
-                         callbacks=[timer])
+    inputs = cnn_inputs(config, split, seed=seed, tta="none")
+    timer = EpochTimer()  # before the validation scorer: it times training only
+    result = fit_tracked(model, inputs.train, None, epochs=epochs, n_train=len(split.x_train), trial=None,
+                         callbacks=[timer, *inputs.callbacks])
     steady = timer.train_seconds[1:] or timer.train_seconds
     out = {
         "policy": policy, "output_dtype": str(model.output.dtype),
