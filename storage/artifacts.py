@@ -264,3 +264,18 @@ def keeper_for(study: optuna.Study, artifacts: str | None, keep: int) -> ModelKe
         return None
     store = store_for(artifacts, study_url(study))
     return None if store is None else ModelKeeper(store, keep)
+
+
+def storage_artifact_store(storage: Any, url: str, extra: str | None = None) -> UnionStore | None:
+    """One store over every study's artifact folder in a storage (``extra`` first: a local path to a store),
+    for optuna-dashboard, which serves a whole storage with one artifact store; None when there is none."""
+    folders = [Path(extra).expanduser().resolve()] if extra else []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        folder = artifact_dir(study_artifact_setting(summary.user_attrs), url)
+        if folder is not None:
+            folders.append(folder)
+    default = default_artifact_dir(url)
+    if default is not None:
+        folders.append(default)
+    unique = list(dict.fromkeys(folders))
+    return UnionStore([ModelStore(f) for f in unique]) if unique else None
