@@ -15,14 +15,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 EVAL_PREFIX = "hpo_eval"
-EVAL_FORMAT = 1
+EVAL_FORMAT = 2  # 2: runs evaluated from the trial's own model (source "model"); retraining runs stay format 1
+RETRAIN, OWN_MODEL = "retrain", "model"
 REPORT_ROWS = ("precision", "recall", "f1-score", "support")
 AVERAGES = ("macro avg", "weighted avg")
 
 
 @dataclass(frozen=True)
 class EvalRun:
-    """One retraining of one configuration with one seed, evaluated on the test set."""
+    """One retraining of one configuration with one seed, evaluated on the test set; or (source "model") the
+    trial's own model, kept as an Optuna artifact, evaluated as it was trained (seed: the trial's)."""
 
     key: str  # candidate key: "t<number>" for a trial, "baseline" for the space's BASELINE outside the study
     trial: int | None
@@ -35,8 +37,12 @@ class EvalRun:
     fit_seconds: float = 0.0
     n_params: int | None = None
     data_fingerprint: str | None = None
+    source: str = RETRAIN
+    artifact: str | None = None  # source "model": the artifact id of the model evaluated
 
     def to_dict(self) -> dict[str, Any]:
+        if self.source == RETRAIN:  # the layout of format 1, which older hpo versions read
+            return {"format": 1, **{k: v for k, v in asdict(self).items() if k not in ("source", "artifact")}}
         return {"format": EVAL_FORMAT, **asdict(self)}
 
     @classmethod
@@ -62,6 +68,7 @@ class EvalSummary:
     confusion: list[list[int]]  # summed over seeds
     fit_seconds: float
     n_params: int | None
+    source: str = RETRAIN  # "model": the trial's own model, not a retraining
 
     @property
     def macro_f1(self) -> float:
@@ -104,13 +111,18 @@ def summarize(runs: Sequence[EvalRun]) -> EvalSummary:
         key=first.key, trial=first.trial, baseline=first.baseline, epochs=first.epochs, seeds=len(runs),
         seed_list=[r.seed for r in runs], accuracies=accuracies, mean=statistics.fmean(accuracies),
         std=statistics.stdev(accuracies) if len(runs) > 1 else 0.0, report=report, confusion=confusion,
-        fit_seconds=statistics.fmean(r.fit_seconds for r in runs), n_params=first.n_params,
+        fit_seconds=statistics.fmean(r.fit_seconds for r in runs), n_params=first.n_params, source=first.source,
     )
 
 
 def eval_attr_key(key: str, epochs: int, seed: int) -> str:
     """The study user attr holding one run: one attr per run, so concurrent reports never overwrite a dict."""
     return f"{EVAL_PREFIX}:{key}:e{epochs}:s{seed}"
+
+
+def model_eval_attr_key(key: str, epochs: int, seed: int) -> str:
+    """The attr of a run from the trial's own model: apart from retraining runs (whose seed it may share)."""
+    return eval_attr_key(f"{key}@{OWN_MODEL}", epochs, seed)
 
 
 def stored_runs(user_attrs: Mapping[str, Any], key: str, epochs: int, seeds: Sequence[int],
@@ -125,6 +137,18 @@ def stored_runs(user_attrs: Mapping[str, Any], key: str, epochs: int, seeds: Seq
         if fingerprint is None or run.data_fingerprint in (None, fingerprint):
             found[seed] = run
     return found
+
+
+def stored_model_run(user_attrs: Mapping[str, Any], key: str, epochs: int, seed: int, artifact: str,
+                     fingerprint: str | None) -> EvalRun | None:
+    """The stored evaluation of the trial's own model ``artifact``, if any (on this data)."""
+    stored = user_attrs.get(model_eval_attr_key(key, epochs, seed))
+    if not isinstance(stored, Mapping) or stored.get("format", 0) > EVAL_FORMAT:
+        return None
+    run = EvalRun.from_dict(stored)
+    if run.artifact != artifact or (fingerprint is not None and run.data_fingerprint not in (None, fingerprint)):
+        return None
+    return run
 
 
 def format_report_text(report: Mapping[str, Any], class_names: Sequence[str], digits: int = 4) -> str:

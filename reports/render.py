@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
-from cifar_hpo.reports.evaluation import AVERAGES, REPORT_ROWS, format_report_text
+from cifar_hpo.reports.evaluation import AVERAGES, OWN_MODEL, REPORT_ROWS, format_report_text
 from cifar_hpo.reports.ranking import RankedRow, StudyRanking, TestRow, label, param_names
 
 CSV_FIELDS = ("study", "rank", "trial", "state", "baseline", "val_accuracy", "gain_vs_baseline", "best_epoch",
@@ -241,13 +241,16 @@ def validation_blocks(r: StudyRanking, top_k: int) -> list[Block]:
 def test_ranking_blocks(r: StudyRanking) -> list[Block]:
     """The report's ranking when evaluated: test-set mean over seeds, and whether the top two really differ."""
     blocks: list[Block] = [Heading("Test-set evaluation (ranked by test mean)", 3)]
+    own = any(r.summaries[t.key].source == OWN_MODEL for t in r.test_rows)
     blocks.append(Paragraph(
         "Each configuration was retrained on the training split from scratch with each seed for the epochs shown "
-        "(its best epoch in the search unless --epochs was given), then evaluated once on the test set."))
+        "(its best epoch in the search unless --epochs was given), then evaluated once on the test set."
+        + (" Rows whose seeds read \"own model\" are the trial's own model, kept from the search and evaluated "
+           "as it was trained (all its epochs, the trial's seed), without retraining." if own else "")))
     blocks.append(Table(
         ["rank", "configuration", "test accuracy (mean ± std)", "seeds", "epochs", "val accuracy",
          "gain vs baseline (test)", "macro F1"],
-        [[str(t.rank), label(t.trial, t.baseline), mean_std(t.mean, t.std), str(t.seeds), str(t.epochs),
+        [[str(t.rank), label(t.trial, t.baseline), mean_std(t.mean, t.std), _seeds_cell(r.summaries[t.key]), str(t.epochs),
           pct(t.val_accuracy), "baseline" if t.baseline else points(t.gain_vs_baseline), f"{t.macro_f1:.4f}"]
          for t in r.test_rows],
         align_right_from=2))
@@ -257,11 +260,16 @@ def test_ranking_blocks(r: StudyRanking) -> list[Block]:
     return blocks
 
 
+def _seeds_cell(summary: Any) -> str:
+    return "own model" if summary.source == OWN_MODEL else str(summary.seeds)
+
+
 def per_class_blocks(r: StudyRanking, class_names: Sequence[str]) -> list[Block]:
     blocks: list[Block] = []
     for t in r.test_rows:
         summary = r.summaries[t.key]
-        blocks.append(Heading(f"Per-class report: {label(t.trial, t.baseline)} (mean over {t.seeds} seed(s))", 4))
+        over = "the trial's own model" if summary.source == OWN_MODEL else f"mean over {t.seeds} seed(s)"
+        blocks.append(Heading(f"Per-class report: {label(t.trial, t.baseline)} ({over})", 4))
         blocks.append(class_table(summary.report, class_names))
         if t.seeds > 1:
             blocks.append(Paragraph(PER_SEED_MEAN_NOTE))
@@ -451,7 +459,8 @@ def _test_row_dict(t: TestRow, summary: Any) -> dict[str, Any]:
     return {"rank": t.rank, "key": t.key, "trial": t.trial, "baseline": t.baseline, "test_accuracy_mean": t.mean,
             "test_accuracy_std": t.std, "seeds": summary.seed_list, "accuracies": summary.accuracies,
             "epochs": t.epochs, "val_accuracy": t.val_accuracy, "gain_vs_baseline": t.gain_vs_baseline,
-            "macro_f1": t.macro_f1, "classification_report": summary.report, "confusion_matrix": summary.confusion}
+            "macro_f1": t.macro_f1, "classification_report": summary.report, "confusion_matrix": summary.confusion,
+            "source": summary.source}
 
 
 def ranking_csv(rankings: Sequence[StudyRanking]) -> str:

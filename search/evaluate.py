@@ -1,7 +1,8 @@
 """Retraining and test-set evaluation: the TensorFlow side of `hpo report --evaluate` and `hpo retrain`.
 
 Configurations are retrained on the study's training split (never on the test set), then evaluated once
-on the test set; reports/evaluation.py turns the predictions into metrics. Each run is stored in the
+on the test set; or, when a trial's own model was kept as an Optuna artifact (storage/artifacts.py), that
+model is evaluated as it is, without retraining. reports/evaluation.py turns the predictions into metrics. Each run is stored in the
 study right after it finishes, so an interrupted or repeated report resumes instead of retraining.
 TensorFlow is imported inside the functions that train.
 """
@@ -15,13 +16,15 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from cifar_hpo.reports.evaluation import EvalRun, eval_attr_key, evaluate_predictions, stored_runs
+from cifar_hpo.reports.evaluation import (OWN_MODEL, EvalRun, eval_attr_key, evaluate_predictions,
+                                          model_eval_attr_key, stored_model_run, stored_runs)
 from cifar_hpo.reports.export import ExportedConfig, export_epochs
 from cifar_hpo.reports.ranking import RankedRow, find_baseline
 from cifar_hpo.search.models.data import CLASS_NAMES, Cifar10, Split, split_train_val
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.settings import ALL_IMAGES, StudySettings, absolute_data_path
 from cifar_hpo.spaces import get_space_module
+from cifar_hpo.storage.artifacts import ModelStore, kept_model
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,90 @@ def evaluate_candidates(study: optuna.Study, settings: StudySettings, data: Cifa
         if c.key in results:
             results[c.key].sort(key=lambda r: seeds.index(r.seed))
     return results
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    """A candidate trial's own model in the study's artifact store: evaluated instead of retrained."""
+
+    artifact: str
+    epochs: int  # the epochs the trial trained
+    seed: int  # the trial's training seed
+    fit_seconds: float
+    n_params: int | None
+
+
+def kept_models(study: optuna.Study, settings: StudySettings, candidates: Sequence[Candidate],
+                store: ModelStore | None) -> dict[str, KeptModel]:
+    """The candidates whose trial's model is still kept, by candidate key."""
+    if store is None:
+        return {}
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    attrs = study.user_attrs
+    found = {}
+    for c in candidates:
+        trial = by_number.get(c.trial) if c.trial is not None else None
+        artifact = kept_model(trial, attrs, store) if trial is not None else None
+        if artifact is not None:
+            u = trial.user_attrs
+            found[c.key] = KeptModel(artifact, int(u.get("epochs_run") or settings.epochs),
+                                     settings.seed + trial.number, float(u.get("fit_seconds") or 0.0), u.get("params"))
+    return found
+
+
+def stored_model_evaluations(study: optuna.Study, models: dict[str, KeptModel],
+                             fingerprint: str | None) -> dict[str, list[EvalRun]]:
+    attrs = study.user_attrs
+    found = {}
+    for key, m in models.items():
+        run = stored_model_run(attrs, key, m.epochs, m.seed, m.artifact, fingerprint)
+        if run is not None:
+            found[key] = [run]
+    return found
+
+
+def evaluate_kept_models(study: optuna.Study, settings: StudySettings, data: Cifar10, candidates: Sequence[Candidate],
+                         models: dict[str, KeptModel], store: ModelStore,
+                         on_run: Callable[[str], None] | None = None) -> dict[str, list[EvalRun]]:
+    """Evaluate each kept model not evaluated yet on the test set (no training); store each run."""
+    results = stored_model_evaluations(study, models, data.fingerprint())
+    for c in candidates:
+        if c.key not in models or c.key in results:
+            continue
+        if on_run:
+            on_run(f"{c.key}: evaluating the trial's own model (no retraining)")
+        run = evaluate_kept_model(settings, c, models[c.key], store, data)
+        study.set_user_attr(model_eval_attr_key(c.key, run.epochs, run.seed), run.to_dict())
+        results[c.key] = [run]
+    return results
+
+
+def evaluate_kept_model(settings: StudySettings, candidate: Candidate, kept: KeptModel, store: ModelStore,
+                        data: Cifar10) -> EvalRun:
+    """Load a trial's model from the artifact store and score it on the test set with the study's TTA."""
+    import tempfile
+    from pathlib import Path
+
+    import keras
+    from optuna.artifacts import download_artifact
+
+    from cifar_hpo.search.runtime.objective import clear_tensorflow_state, get_trainer
+
+    get_trainer(settings.space)  # imports the space's model module: its custom layers must be registered
+    with tempfile.TemporaryDirectory(prefix="hpo-model-") as folder:
+        path = Path(folder) / "model.keras"  # Keras loads the native format by its file name
+        download_artifact(artifact_store=store, artifact_id=kept.artifact, file_path=str(path))
+        model = keras.models.load_model(path)
+    try:
+        y_pred = predict_labels(model, data.x_test, tta=settings.tta)
+    finally:
+        del model
+        clear_tensorflow_state()
+    accuracy, report, confusion = evaluate_predictions(data.y_test, y_pred, CLASS_NAMES)
+    return EvalRun(key=candidate.key, trial=candidate.trial, baseline=candidate.baseline, epochs=kept.epochs,
+                   seed=kept.seed, accuracy=accuracy, report=report, confusion=confusion,
+                   fit_seconds=round(kept.fit_seconds, 3), n_params=kept.n_params,
+                   data_fingerprint=data.fingerprint(), source=OWN_MODEL, artifact=kept.artifact)
 
 
 def train_and_evaluate(settings: StudySettings, candidate: Candidate, split: Split, data: Cifar10,

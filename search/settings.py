@@ -23,7 +23,7 @@ ENGINES = ("optuna", "kerastuner")
 # Flags that change how much is run, not what a trial means: a resuming command may change them.
 BUDGET_FIELDS = ("n_trials", "timeout")
 # The data's location may differ between machines; its fingerprint may not.
-LOCAL_FIELDS = ("data",)
+LOCAL_FIELDS = ("data", "artifacts")
 # What a study written before a field existed meant by it (from_study fills it in): those studies trained in
 # float32, without test-time augmentation or priors, and keep meaning that when resumed, reported or retrained.
 LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False}
@@ -52,6 +52,8 @@ class StudySettings:
     timeout: float | None = None
     tta: str | None = None  # test-time augmentation of validation and test scoring; None: the space's default
     priors: bool = True  # enqueue the space's strong known recipes after the baseline
+    artifacts: str | None = None  # trial models' folder; None: beside a SQLite file (storage/artifacts.py)
+    keep_models: int = 3  # models of the top K complete trials are kept; 0: none
 
     def __post_init__(self) -> None:
         if self.tta is None:  # horizontal flips for the cnn space; inception scores cached features unflipped
@@ -70,6 +72,7 @@ class StudySettings:
             (self.subset is None or self.subset >= 10, f"--subset must be >= 10, but got {self.subset}"),
             (self.n_trials is None or self.n_trials >= 1, f"--n-trials must be >= 1, but got {self.n_trials}"),
             (self.timeout is None or self.timeout > 0, f"--timeout must be > 0 seconds, but got {self.timeout}"),
+            (self.keep_models >= 0, f"--keep-models must be >= 0, but got {self.keep_models}"),
         ]
         for ok, message in checks:
             if not ok:

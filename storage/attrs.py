@@ -7,3 +7,7 @@ FORMAT_ATTR = "hpo_format"  # version of that record; a newer one than this hpo 
 TUNER_ATTR = "kerastuner_tuner"
 # Trial user attrs
 PHASE_ATTR = "phase"  # what a running trial does besides epochs (cache fill): {"phase", "done", "total", "eta_s", "at"}  # `--engine kerastuner`: the tuner it was started with (a resume must match)
+MODEL_ARTIFACT_ATTR = "model_artifact"  # the artifact id of the trial's trained model (storage/artifacts.py)
+# Study user attrs, one per removed model: REMOVED_MODEL_PREFIX + artifact id -> trial number. The trial's
+# artifact link cannot be deleted (no public API), so this marks it as pointing to a removed file.
+REMOVED_MODEL_PREFIX = "hpo_model_removed:"

@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
     parser.add_argument("--study", metavar="NAME", help="also print the direct link to this study's page")
+    parser.add_argument("--artifacts", metavar="DIR",
+                        help="also serve the trial models in this artifact store (each study's own store, stored "
+                        "in it or beside its SQLite file, is served anyway)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}; anything else exposes every study "
                         "in the storage to the network)")
@@ -113,9 +116,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if is_memory(args.storage):
         raise ConfigError("memory:// storage lives inside one process and cannot be watched; "
                           "pass the sqlite:/// or postgresql:// URL the workers use")
+    from cifar_hpo.storage.artifacts import storage_artifact_store
+
     storage = make_storage(args.storage, create=False)
     path = _study_path(storage, args.study)
-    server = bind_server(args.host, args.port, optuna_dashboard.wsgi(storage))
+    # The trials' kept models, downloadable from each trial's page (folders of studies created later: restart).
+    store = storage_artifact_store(storage, args.storage, args.artifacts)
+    server = bind_server(args.host, args.port, optuna_dashboard.wsgi(storage, artifact_store=store))
     if not _is_loopback(server.server_address[0]):
         print(f"hpo dashboard: warning: listening on {server.server_address[0]}, reachable from other machines: "
               "anyone who connects can read, rename and delete every study here. Prefer the default "

@@ -49,12 +49,15 @@ def run_report(args: argparse.Namespace) -> int:
     from cifar_hpo.reports.ranking import rank_trials
     from cifar_hpo.reports.render import ReportMeta
     from cifar_hpo.search.models.data import CLASS_NAMES
-    from cifar_hpo.search.evaluate import (choose_candidates, evaluate_candidates, evaluation_seeds,
-                                 stored_evaluations)
+    from cifar_hpo.search.evaluate import (choose_candidates, evaluate_candidates, evaluate_kept_models,
+                                           evaluation_seeds, kept_models, stored_evaluations,
+                                           stored_model_evaluations)
     from cifar_hpo.search.study_setup import load_study_data
+    from cifar_hpo.storage.artifacts import store_for
 
     _positive("--top", args.top)
     _positive("--epochs", args.epochs)
+    evaluate = args.evaluate or args.retrain
     names = list(dict.fromkeys(args.study))
     opened = [_load(args.storage, name) for name in names]
     plans = []
@@ -62,16 +65,25 @@ def run_report(args: argparse.Namespace) -> int:
         trials = study.get_trials(deepcopy=False)
         seeds = evaluation_seeds(settings, args.seeds)
         candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs)
+        # The trials' own kept models are evaluated as they are (no retraining), unless --retrain.
+        store = None if args.retrain else store_for(args.artifacts or settings.artifacts, args.storage)
+        models = kept_models(study, settings, candidates, store)
+        retrained = [c for c in candidates if c.key not in models]
         stored = stored_evaluations(study, candidates, seeds, settings.data_fingerprint)
-        missing = args.evaluate and any(len(stored.get(c.key, [])) < len(seeds) for c in candidates)
+        own = stored_model_evaluations(study, models, settings.data_fingerprint)
+        stored.update(own)
+        missing = evaluate and (any(key not in own for key in models)
+                                or any(len(stored.get(c.key, [])) < len(seeds) for c in retrained))
         data = load_study_data(settings, args.data, f"study {study.study_name!r}") if missing else None
-        plans.append((study, settings, candidates, seeds, stored, data))
+        plans.append((study, settings, candidates, seeds, stored, data, models, store, retrained))
     rankings, images = [], {}
-    for study, settings, candidates, seeds, evaluations, data in plans:
+    for study, settings, candidates, seeds, evaluations, data, models, store, retrained in plans:
         if data is not None:
-            evaluations = evaluate_candidates(
-                study, settings, data, candidates, seeds,
-                on_run=lambda text, s=study.study_name: print(f"hpo report: {s}: {text}", file=sys.stderr))
+            def on_run(text: str, s: str = study.study_name) -> None:
+                print(f"hpo report: {s}: {text}", file=sys.stderr)
+
+            evaluations = {**evaluate_candidates(study, settings, data, retrained, seeds, on_run=on_run),
+                           **evaluate_kept_models(study, settings, data, candidates, models, store, on_run=on_run)}
         rankings.append(study_ranking(study, dataclasses.asdict(settings), evaluations, CLASS_NAMES, images))
     meta = ReportMeta(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES),
@@ -223,8 +235,9 @@ def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report", help="rank a study's configurations; optionally retrain the best and evaluate them on the test set",
         description="Write report.md, a self-contained report.html, ranking.csv/json, best_config.json and PNG plots. "
-        "--evaluate retrains the top configurations and the baseline with several seeds and evaluates them on the "
-        "test set; results are stored in the study and reused by the next report.")
+        "--evaluate scores the top configurations and the baseline on the test set: a trial whose trained model the "
+        "study kept (hpo search --keep-models) is evaluated as it is, the others are retrained with several seeds; "
+        "--retrain retrains them all. Results are stored in the study and reused by the next report.")
     report.add_argument("--study", action="append", required=True, metavar="NAME",
                         help="study name; repeat to compare studies side by side")
     report.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
@@ -232,9 +245,16 @@ def register(subparsers: Any) -> None:
                         help=f"configurations shown and evaluated (default {DEFAULT_TOP})")
     report.add_argument("--out", default="report", metavar="DIR", help="output folder (default ./report)")
     report.add_argument("--evaluate", action="store_true",
-                        help="retrain the top K and the baseline on the training split, evaluate on the test set")
+                        help="evaluate the top K and the baseline on the test set: the trials' own kept models "
+                        "directly, the others retrained on the training split")
+    report.add_argument("--retrain", action="store_true",
+                        help="with or without --evaluate: retrain every configuration with --seeds seeds, even "
+                        "where the trial's model was kept")
     report.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
-                        help=f"seeds per configuration for --evaluate (default {DEFAULT_SEEDS})")
+                        help=f"seeds per retrained configuration (default {DEFAULT_SEEDS})")
+    report.add_argument("--artifacts", metavar="DIR",
+                        help="where the study's artifact store (its kept models) is on this machine, if not at the "
+                        "stored path")
     report.add_argument("--epochs", type=int, metavar="E",
                         help="epochs for --evaluate (default: each trial's best epoch)")
     report.add_argument("--data", metavar="PATH", help="where the study's data is on this machine (checked by fingerprint)")

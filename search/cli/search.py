@@ -10,7 +10,7 @@ from typing import Any
 
 from cifar_hpo.search.errors import ConfigError, ExitCode, SearchStopped
 from cifar_hpo.search.models.precision import PRECISIONS
-from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS
+from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS, StudySettings, absolute_data_path
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
 DEFAULT_N_TRIALS = 20
@@ -90,6 +90,17 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                         help="training precision (default auto: resolved by each trial process, mixed bf16 on a "
                         "CPU with AVX512-BF16/AMX or a GPU of compute capability >= 8.0, mixed fp16 on older "
                         "GPUs, else float32); bf16/fp16 force mixed precision, float32 turns it off")
+    add_artifacts_flag(parser)
+    parser.add_argument("--keep-models", type=int, metavar="K",
+                        help=f"keep the trained models of the top K complete trials as Optuna artifacts (default "
+                        f"{StudySettings.keep_models}; 0: none)")
+
+
+def add_artifacts_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", metavar="DIR",
+                        help="folder of the trial models (an Optuna artifact store; default: beside a SQLite file, "
+                        "e.g. hpo-artifacts/ for hpo.db; a PostgreSQL study keeps models only with this flag); "
+                        "stored in the study, a worker elsewhere may name its own path to the same folder")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +111,19 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
         "priors": False if args.no_priors else None, "tta": args.tta, "precision": args.precision,
         "n_trials": args.n_trials, "timeout": args.timeout,
+        "artifacts": absolute_data_path(args.artifacts), "keep_models": args.keep_models,
     }
+
+
+def artifacts_note(opened: Any, url: str) -> str | None:
+    """Why a study that should keep models keeps none (a PostgreSQL study created without --artifacts)."""
+    from cifar_hpo.storage.artifacts import artifact_dir
+
+    settings = opened.settings
+    if settings.keep_models == 0 or is_memory(url) or artifact_dir(settings.artifacts, url) is not None:
+        return None
+    return ("trial models are not kept: on PostgreSQL pass --artifacts DIR (a folder every worker can reach), "
+            "or --keep-models 0 to silence this")
 
 
 def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:
@@ -133,7 +156,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
                            worker_index=worker_index, n_trials=n_trials,
                            deadline=None if args.timeout is None else time.time() + args.timeout,
                            recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
-                           threads=threads)
+                           threads=threads, artifacts_override=absolute_data_path(getattr(args, "artifacts", None)))
             code = run_in_child_processes(job, on_poll=lambda: progress.poll(study))
     finally:
         progress.close()
@@ -179,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
                             space_config=args.space_config)
     if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
         return run_kerastuner_opened(args, opened)
-    for note in opened.notes:
-        print(f"hpo search: {note}", file=sys.stderr)
+    for note in [*opened.notes, artifacts_note(opened, args.storage)]:
+        if note:
+            print(f"hpo search: {note}", file=sys.stderr)
     verb = "created" if opened.created else "resumed"
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
     return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)

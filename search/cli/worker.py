@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cifar_hpo.search.cli.search import add_budget_flags, add_storage_flags, budget, run_trials
+from cifar_hpo.search.cli.search import add_artifacts_flag, add_budget_flags, add_storage_flags, budget, run_trials
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.runtime.threads import limit_cpu_threads
 from cifar_hpo.storage.urls import is_memory
+
+
+def with_local_artifacts(settings: Any, artifacts: str | None) -> Any:
+    """The study's settings with this machine's path to its artifact store, when one is given."""
+    import dataclasses
+
+    from cifar_hpo.search.settings import absolute_data_path
+
+    return settings if artifacts is None else dataclasses.replace(settings, artifacts=absolute_data_path(artifacts))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, but got {args.threads}")
     opened = open_hpo_study(args.storage, args.study, None, heartbeat_interval=args.heartbeat,
                             data_override=args.data)
+    opened.settings = with_local_artifacts(opened.settings, args.artifacts)
     if opened.settings.engine != "optuna":
         raise ConfigError(f"study {args.study!r} runs on the {opened.settings.engine} engine; resume it with hpo search")
     description = f"{args.study} worker {args.worker_index}"
@@ -40,6 +50,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data", metavar="PATH",
                         help="where the study's data is on this machine, if not at the stored path "
                         "(checked against the study's data fingerprint)")
+    add_artifacts_flag(parser)
     parser.add_argument("--threads", type=int, metavar="T", help="CPU threads for TensorFlow (default: all)")
     parser.add_argument("--worker-index", type=int, default=0, metavar="I",
                         help="names this worker in its progress bar and trial processes (hpo launch sets it); the "

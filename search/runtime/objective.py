@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import logging
+import math
 import os
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -16,7 +20,11 @@ from cifar_hpo.search.models.phase import phase_sink
 from cifar_hpo.search.models.precision import apply_precision
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.spaces import build_space, get_space_module
+from cifar_hpo.storage.artifacts import ModelKeeper, keeper_for
 from cifar_hpo.storage.attrs import PHASE_ATTR  # read by the watching process's progress display
+from cifar_hpo.storage.errors import StorageError
+
+_logger = logging.getLogger(__name__)
 
 # Space name -> trainer "module:function"; a trainer takes (config, split, epochs=, trial=, seed=, settings=)
 # and returns (model, TrainResult).
@@ -83,6 +91,26 @@ class PhaseWriter:
                                               "eta_s": None if eta is None else round(eta, 1), "at": time.time()})
 
 
+def keep_trial_model(keeper: ModelKeeper | None, trial: optuna.trial.Trial, model: Any, value: float) -> str | None:
+    """Upload a trial's trained model (before the trial is told complete: a finished trial takes no link) when
+    it ranks within the study's kept top K; returns the artifact id, or None when it is not kept.
+
+    The model is saved to a temporary file first, so only a complete file is uploaded. Not being able to keep
+    it (a full disk) costs the model, not the trial: the reason goes to the trial's user attrs.
+    """
+    if keeper is None or model is None or not math.isfinite(value) or not keeper.wants(trial, value):
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpo-model-") as folder:
+            path = Path(folder) / f"trial-{trial.number}.keras"  # the file name the dashboard downloads
+            model.save(path)
+            return keeper.add(trial, path, value)
+    except (OSError, StorageError) as err:
+        _logger.warning("trial %d: model not kept: %s", trial.number, err)
+        trial.set_user_attr("model_artifact_error", str(err)[:300])
+        return None
+
+
 class Objective:
     """Callable for ``study.optimize``; holds the data split so it is loaded once per worker."""
 
@@ -92,6 +120,12 @@ class Objective:
         self.space = build_space(settings.space, settings.space_overrides)
         self.module = get_space_module(settings.space)
         self.trainer = get_trainer(settings.space)
+        self._keeper: ModelKeeper | None | bool = False  # False: not looked up yet (needs the study's storage)
+
+    def keeper(self, study: optuna.Study) -> ModelKeeper | None:
+        if self._keeper is False:
+            self._keeper = keeper_for(study, self.settings.artifacts, self.settings.keep_models)
+        return self._keeper  # type: ignore[return-value]
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
         import keras
@@ -107,21 +141,22 @@ class Objective:
         seed = self.settings.seed + trial.number
         keras.utils.set_random_seed(seed)
         try:
+            apply_precision(self.settings.precision, trial)  # after the last trial's clear_session reset it
             with phase_sink(PhaseWriter(trial)):
                 # Prior recipes train to the end: pruning one early (e.g. during its warm-up) would let a study
                 # end below a strong hand recipe; every other trial is pruned as the pruner says.
                 from cifar_hpo.search.models.training import ReportOnly
 
                 reporter = ReportOnly(trial) if trial.user_attrs.get("prior") else trial
-                _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=reporter, seed=seed,
-                                         settings=self.settings)
-            apply_precision(self.settings.precision, trial)  # after the last trial's clear_session reset it
-            _, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=trial, seed=seed,
-                                     settings=self.settings)
+                model, result = self.trainer(config, self.split, epochs=self.settings.epochs, trial=reporter,
+                                             seed=seed, settings=self.settings)
+            for key, value in result.user_attrs().items():
+                trial.set_user_attr(key, value)
+            if result.pruned_at is None:  # it completes: keep its model if it ranks within the top K
+                keep_trial_model(self.keeper(trial.study), trial, model, result.best_val_accuracy)
+            del model
         finally:
             clear_tensorflow_state()
-        for key, value in result.user_attrs().items():
-            trial.set_user_attr(key, value)
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
         rss = resident_mib()
         if rss is not None:

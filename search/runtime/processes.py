@@ -42,6 +42,7 @@ class ChildJob:
     data_override: str | None
     threads: int | None
     failures_in_a_row: int = 0  # carried over from the previous trial process
+    artifacts_override: str | None = None  # this machine's path to the study's artifact store
 
 
 def _die_with_parent() -> None:
@@ -77,7 +78,10 @@ def _run_child(job: ChildJob) -> int:
         limit_cpu_threads(job.threads)
         opened = open_hpo_study(job.url, job.study, None, heartbeat_interval=job.heartbeat,
                                 data_override=job.data_override)
-        objective = Objective(opened.settings, opened.split)
+        settings = opened.settings
+        if job.artifacts_override is not None:
+            settings = dataclasses.replace(settings, artifacts=job.artifacts_override)
+        objective = Objective(settings, opened.split)
     except CONFIGURATION_ERRORS as err:
         print(f"hpo: error: {err}", file=sys.stderr)
         return ExitCode.FAILURE

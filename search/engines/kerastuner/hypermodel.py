@@ -36,6 +36,7 @@ class ActiveTrial:
     config: Any
     seed: int
     result: Any = None
+    model: Any = None  # the trained model, kept until the trial is recorded (its model may be uploaded)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class SpaceHyperModel(kt.HyperModel):
         inputs = cnn_inputs(active.config, split, seed=active.seed, tta=ctx.settings.tta)
         # KerasTuner's callbacks (e.g. the checkpoint Hyperband continues from) come after the validation
         # scorer, so they read the same val_accuracy as the trial.
+        active.model = model
         active.result = fit_tracked(model, inputs.train, None, epochs=epochs, initial_epoch=initial,
                                     n_train=len(split.x_train), trial=ReportOnly(active.trial),
                                     callbacks=[*inputs.callbacks, *kwargs.get("callbacks", [])])

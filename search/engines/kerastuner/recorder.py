@@ -11,6 +11,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from cifar_hpo.search.models.training import TrainResult
+from cifar_hpo.search.runtime.objective import keep_trial_model
+from cifar_hpo.storage.artifacts import ModelKeeper
 from cifar_hpo.storage.attrs import TUNER_ATTR
 
 ENGINE = "kerastuner"
@@ -19,10 +21,12 @@ ENGINE = "kerastuner"
 class StudyRecorder:
     """Writes KerasTuner trials into the Optuna study while they run (live in the dashboard)."""
 
-    def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution], tuner: str) -> None:
+    def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution], tuner: str,
+                 keeper: ModelKeeper | None = None) -> None:
         self.study = study
         self.distributions = distributions
         self.tuner = tuner
+        self.keeper = keeper  # keeps the models of the top K complete trials (None: none)
 
     def begin(self, params: dict[str, Any], attrs: dict[str, Any]) -> optuna.trial.Trial:
         """A RUNNING trial with ``params``; the enqueued seed baseline is taken when these are its params."""
@@ -55,6 +59,11 @@ class StudyRecorder:
             if step <= epochs:
                 trial.report(value, step)
         trial.set_user_attr("continues_trial", predecessor.number)
+
+    def keep_model(self, trial: optuna.trial.Trial, model: Any, result: Any) -> str | None:
+        """Upload a trial's model before finish() tells it complete, as the Optuna engine's objective does
+        (called while the model still exists: the trial's TensorFlow state is cleared before finish)."""
+        return keep_trial_model(self.keeper, trial, model, result.best_val_accuracy)
 
     def finish(self, trial: optuna.trial.Trial, result: Any, *, complete: bool, epochs_trained: int,
                wall_seconds: float) -> None:

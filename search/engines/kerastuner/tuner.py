@@ -48,6 +48,7 @@ from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES
 from cifar_hpo.search.settings import HYPERBAND_REDUCTION_FACTOR
 from cifar_hpo.spaces import build_space
 from cifar_hpo.spaces.bounds import optuna_distributions
+from cifar_hpo.storage.artifacts import keeper_for
 from cifar_hpo.storage.attrs import TUNER_ATTR
 from cifar_hpo.storage.names import safe_filename
 
@@ -111,9 +112,12 @@ class _RecordingMixin:
             ctx.recorder.infeasible(otrial, infeasible or "infeasible configuration")
             return {OBJECTIVE: 0.0}
         ctx.active = ActiveTrial(otrial, config, ctx.settings.seed + otrial.number)
+        complete = epochs >= ctx.settings.epochs
         try:
             results = self._train(trial, epochs, args, kwargs)
             own = ctx.active.result
+            if complete:
+                ctx.recorder.keep_model(otrial, ctx.active.model, whole_curve(own, predecessor, initial))
         except KeyboardInterrupt:
             ctx.recorder.fail(otrial, "interrupted")
             raise
@@ -131,7 +135,7 @@ class _RecordingMixin:
             ctx.active = None
         ctx.failures_in_a_row = 0
         ctx.ran += 1
-        ctx.recorder.finish(otrial, whole_curve(own, predecessor, initial), complete=epochs >= ctx.settings.epochs,
+        ctx.recorder.finish(otrial, whole_curve(own, predecessor, initial), complete=complete,
                             epochs_trained=own.epochs_run, wall_seconds=time.perf_counter() - start)
         return results
 
@@ -148,7 +152,7 @@ class _RecordingMixin:
 
         keras.utils.set_random_seed(ctx.active.seed)
         apply_precision(ctx.settings.precision, ctx.active.trial)
-        _, ctx.active.result = get_trainer(ctx.settings.space)(
+        ctx.active.model, ctx.active.result = get_trainer(ctx.settings.space)(
             ctx.active.config, ctx.split, epochs=epochs, trial=ReportOnly(ctx.active.trial), seed=ctx.active.seed,
             settings=ctx.settings)
         return {OBJECTIVE: ctx.active.result.best_val_accuracy}
@@ -301,7 +305,8 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
     checked_project_dir(directory, root)
     study = opened.study
     recorder = StudyRecorder(study, optuna_distributions(build_space(opened.settings.space,
-                                                                     opened.settings.space_overrides)), tuner_name)
+                                                                     opened.settings.space_overrides)), tuner_name,
+                             keeper=keeper_for(study, opened.settings.artifacts, opened.settings.keep_models))
     ctx = SearchContext(opened.settings, opened.split, tuner_name, recorder)
     deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -28,6 +28,7 @@ from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.search.study_note import annotate_new_study
 from cifar_hpo.spaces import build_space
 from cifar_hpo.storage import make_storage, open_study
+from cifar_hpo.storage.errors import StorageError
 
 get_note = pytest.importorskip("optuna_dashboard").get_note
 
@@ -336,7 +337,7 @@ def study_is_created(url: str, name: str) -> bool:
     """True once the study exists with its note (the note is written right after the settings)."""
     try:
         study = optuna.load_study(study_name=name, storage=make_storage(url, create=False))
-    except (ConfigError, KeyError):
+    except (ConfigError, StorageError, KeyError):  # StorageError: the SQLite file is not there yet
         return False
     return bool(get_note(study))
 
@@ -355,9 +356,55 @@ def test_dashboard_follows_hpo_workers_without_locking(live_study: dict) -> None
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert {"params", "train_images_per_s", "best_epoch", "history"} <= set(attrs)
         assert [v["step"] for v in trial["intermediate_values"]] == [1, 2]
+    # The workers' trial processes kept the best complete trials' models (default: 3, beside the SQLite file),
+    # and the dashboard serves them: a Keras zip file each.
+    with_model = [t for t in complete if t["artifacts"]]
+    assert 1 <= len(with_model) <= len(complete)
+    for trial in with_model:
+        [artifact] = trial["artifacts"]
+        url = f"{live_study['dashboard'].base}/artifacts/{live_study['sid']}/{trial['trial_id']}/{artifact['artifact_id']}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert response.read(2) == b"PK"  # .keras files are zip archives
+        except urllib.error.HTTPError:  # a model that fell out of the top 3 since: its link stays, its file is gone
+            assert len(with_model) > 3
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_chromium_renders_a_live_hpo_study(chromium: str, live_study: dict, tmp_path: Path) -> None:
     check_rendered(chromium, live_study, "live", tmp_path)
+
+
+# ---------------------------------------------------------------- trial models (Optuna artifacts)
+
+def test_serves_each_studys_kept_models_for_download(tmp_path: Path) -> None:
+    """Two studies: one with its store beside the SQLite file (the default), one with --artifacts elsewhere;
+    the dashboard lists each trial's model and serves its bytes as they are in the store."""
+    from cifar_hpo.storage.artifacts import ModelKeeper, ModelStore
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    stores = {"beside": ModelStore(tmp_path / "study-artifacts"), "elsewhere": ModelStore(tmp_path / "models")}
+    uploaded: dict[str, tuple[int, str, bytes]] = {}
+    for name, store in stores.items():
+        settings = StudySettings(data=str(tmp_path / "tiny.npz"), val_size=100, epochs=1,
+                                 artifacts=str(store.path) if name == "elsewhere" else None)
+        study = open_study(make_storage(url), name, create_attrs=settings.to_attrs())
+        trial = study.ask()
+        model = tmp_path / f"trial-{trial.number}.keras"
+        model.write_bytes(os.urandom(300_000))
+        artifact_id = ModelKeeper(store, keep=1).add(trial, model, 0.5)
+        study.tell(trial, 0.5)
+        uploaded[name] = (trial._trial_id, artifact_id, model.read_bytes())
+    dashboard = Dashboard(url, tmp_path)
+    try:
+        for name, (trial_id, artifact_id, content) in uploaded.items():
+            sid = study_id(dashboard, name)
+            detail = dashboard.get(f"/api/studies/{sid}")
+            assert detail["trials"][0]["trial_id"] == trial_id
+            [listed] = detail["trials"][0]["artifacts"]
+            assert listed["artifact_id"] == artifact_id and listed["filename"] == "trial-0.keras"
+            with urllib.request.urlopen(f"{dashboard.base}/artifacts/{sid}/{trial_id}/{artifact_id}", timeout=30) as r:
+                assert r.status == 200 and r.read() == content == stores[name].file(artifact_id).read_bytes()
+    finally:
+        assert dashboard.stop() == 0

@@ -157,6 +157,11 @@ def test_tiny_hyperband_search_end_to_end(tiny_npz: Path, tmp_path: Path, monkey
     assert trials[last.user_attrs["continues_trial"]].params == last.params
     assert last.value == pytest.approx(max(last.intermediate_values.values()))
     assert (tmp_path / "kerastuner" / safe_filename("kt") / "oracle.json").exists()
+    # The complete trial's model is kept as an Optuna artifact (beside k.db); Hyperband's pruned rounds keep none.
+    from optuna.artifacts import get_all_artifact_meta
+
+    assert [len(get_all_artifact_meta(t, storage=study._storage)) for t in trials] == [0, 0, 0, 1]
+    assert [p.name for p in (tmp_path / "k-artifacts").iterdir()] == [last.user_attrs["model_artifact"]]
     # The report reads the recorded trials like any study's, and names the engine that chose them.
     assert main(["report", "--study", "kt", "--storage", url, "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
@@ -251,4 +256,5 @@ def test_unsafe_study_names_keep_to_their_own_project(tiny_npz: Path, tmp_path: 
     projects = [p.name for p in (sandbox / "kerastuner").iterdir() if p.is_dir()]
     assert sorted(projects) == sorted(safe_filename(n) for n in names)
     made = sorted(p.name for p in sandbox.iterdir() if not p.name.startswith("hpo.db"))  # -wal, -shm
-    assert made == ["keep.txt", "kerastuner", "tiny.toml"]  # nothing written beside kerastuner/
+    # nothing written beside kerastuner/ but the kept trial models' store (hpo-artifacts/ beside hpo.db)
+    assert made == ["hpo-artifacts", "keep.txt", "kerastuner", "tiny.toml"]
