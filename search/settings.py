@@ -14,6 +14,7 @@ import optuna
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.reports.export import TTA_MODES
 from cifar_hpo.search.models.precision import PRECISIONS
+from cifar_hpo.spaces import SPACE_NAMES, current_version
 from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
 FORMAT = 1
@@ -26,7 +27,7 @@ BUDGET_FIELDS = ("n_trials", "timeout")
 LOCAL_FIELDS = ("data", "artifacts")
 # What a study written before a field existed meant by it (from_study fills it in): those studies trained in
 # float32, without test-time augmentation or priors, and keep meaning that when resumed, reported or retrained.
-LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False}
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False, "space_version": 1}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -54,8 +55,11 @@ class StudySettings:
     priors: bool = True  # enqueue the space's strong known recipes after the baseline
     artifacts: str | None = None  # trial models' folder; None: beside a SQLite file (storage/artifacts.py)
     keep_models: int = 3  # models of the top K complete trials are kept; 0: none
+    space_version: int | None = None  # the space's version at creation (None: the current one)
 
     def __post_init__(self) -> None:
+        if self.space_version is None and self.space in SPACE_NAMES:
+            object.__setattr__(self, "space_version", current_version(self.space))
         if self.tta is None:  # horizontal flips for the cnn space; inception scores cached features unflipped
             object.__setattr__(self, "tta", "flip" if self.space == "cnn" else "none")
         checks = [

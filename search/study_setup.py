@@ -118,7 +118,7 @@ def _settings(stored: StudySettings | None, given: dict[str, Any],
     if data_override is not None:
         settings = dataclasses.replace(settings, data=absolute_data_path(data_override))
     try:
-        space = build_space(settings.space, settings.space_overrides)
+        space = build_space(settings.space, settings.space_overrides, settings.space_version)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"space {settings.space!r}: {err}") from None
     if settings.space == "inception":

@@ -53,7 +53,17 @@ def load_overrides(path: str | Path, space_name: str) -> dict[str, Any]:
     return data
 
 
-def build_space(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The space's default bounds with overrides applied; raises ValueError for unknown or impossible bounds."""
+def current_version(name: str) -> int:
+    """The version of space ``name`` a new study is created with (1 for spaces that never changed)."""
+    return int(getattr(get_space_module(name), "CURRENT_VERSION", 1))
+
+
+def build_space(name: str, overrides: dict[str, Any] | None = None, version: int | None = None) -> Any:
+    """The space's default bounds (of ``version``, default the current one) with overrides applied; raises
+    ValueError for unknown or impossible bounds, or a version this release does not know."""
     module = get_space_module(name)
-    return with_overrides(module.Space(), overrides or {}, name)
+    versions = getattr(module, "SPACES_BY_VERSION", {1: module.Space})
+    version = current_version(name) if version is None else version
+    if version not in versions:
+        raise ValueError(f"space {name!r} has no version {version} (known: {sorted(versions)}); upgrade cifar-hpo")
+    return with_overrides(versions[version](), overrides or {}, name)

@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 
-from cifar_hpo.spaces.bounds import Choice, FloatRange, IntRange
+from cifar_hpo.spaces.bounds import Choice, FloatRange, IntRange, suggest_params
 from cifar_hpo.spaces.errors import InfeasibleConfig
 
 NAME = "cnn"
@@ -66,6 +66,36 @@ class CnnSpace:
     mixing: Choice = field(default_factory=lambda: Choice(MIXINGS))
     label_smoothing: FloatRange = field(default_factory=lambda: FloatRange(0.0, 0.2))
     use_ema: Choice = field(default_factory=lambda: Choice((False, True)))
+
+
+@dataclass(frozen=True)
+class LegacyCnnSpace:
+    """Version 1 of the space (studies created before residual blocks, mixing, label smoothing, EMA,
+    per-optimizer learning rates and the new schedules): their trials keep this space when resumed, since a
+    parameter's choices may not change within an Optuna study."""
+
+    depth: IntRange = field(default_factory=lambda: IntRange(2, 4))
+    convs_per_block: IntRange = field(default_factory=lambda: IntRange(1, 3))
+    base_filters: Choice = field(default_factory=lambda: Choice((16, 32, 48, 64)))
+    filter_growth: FloatRange = field(default_factory=lambda: FloatRange(1.0, 2.0, step=0.25))
+    kernel_size: Choice = field(default_factory=lambda: Choice((3, 5)))
+    padding: Choice = field(default_factory=lambda: Choice(("same", "valid")))
+    batch_norm: Choice = field(default_factory=lambda: Choice((True, False)))
+    conv_dropout: FloatRange = field(default_factory=lambda: FloatRange(0.0, 0.4))
+    head: Choice = field(default_factory=lambda: Choice(("flatten", "global_avg")))
+    dense_units: IntRange = field(default_factory=lambda: IntRange(64, 1024, log=True))
+    dense_dropout: FloatRange = field(default_factory=lambda: FloatRange(0.0, 0.6))
+    optimizer: Choice = field(default_factory=lambda: Choice(OPTIMIZERS))
+    learning_rate: FloatRange = field(default_factory=lambda: FloatRange(1e-4, 1e-2, log=True))
+    lr_schedule: Choice = field(default_factory=lambda: Choice(("cosine", "constant")))
+    weight_decay: FloatRange = field(default_factory=lambda: FloatRange(1e-6, 1e-2, log=True))
+    batch_size: Choice = field(default_factory=lambda: Choice((32, 64, 128, 256)))
+    augment_strength: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
+
+
+# A study stores the version of the space it was created with (StudySettings.space_version).
+SPACES_BY_VERSION = {1: LegacyCnnSpace, 2: CnnSpace}
+CURRENT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -198,6 +228,10 @@ PRIORS: dict[str, CnnConfig] = {
 def suggest(trial: optuna.trial.BaseTrial, space: CnnSpace | None = None) -> CnnConfig:
     """Sample one configuration; conditional parameters are asked only where they mean something."""
     space = space or CnnSpace()
+    if isinstance(space, LegacyCnnSpace):  # version 1: every bound is a parameter, as that release asked them
+        config = CnnConfig(**suggest_params(space, trial), augment_policy="legacy")
+        config.feature_map_sizes()
+        return config
     ask = lambda name: getattr(space, name).suggest(trial, name)  # noqa: E731 (one-line helper)
     values: dict[str, Any] = {name: ask(name) for name in ("block", "depth", "convs_per_block", "base_filters",
                                                           "filter_growth")}

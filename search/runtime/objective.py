@@ -117,7 +117,7 @@ class Objective:
     def __init__(self, settings: StudySettings, split: Split) -> None:
         self.settings = settings
         self.split = split
-        self.space = build_space(settings.space, settings.space_overrides)
+        self.space = build_space(settings.space, settings.space_overrides, settings.space_version)
         self.module = get_space_module(settings.space)
         self.trainer = get_trainer(settings.space)
         self._keeper: ModelKeeper | None | bool = False  # False: not looked up yet (needs the study's storage)

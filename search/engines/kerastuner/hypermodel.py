@@ -58,7 +58,8 @@ class SearchContext:
     stopped_because: str | None = None
 
     def __post_init__(self) -> None:
-        self.space = build_space(self.settings.space, self.settings.space_overrides)
+        self.space = build_space(self.settings.space, self.settings.space_overrides,
+                                 self.settings.space_version)
         self.module = get_space_module(self.settings.space)
 
     @property

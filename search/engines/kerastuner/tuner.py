@@ -304,8 +304,8 @@ def run_search(opened: Any, tuner_name: str, *, n_trials: int | None, timeout: f
 
     checked_project_dir(directory, root)
     study = opened.study
-    recorder = StudyRecorder(study, optuna_distributions(build_space(opened.settings.space,
-                                                                     opened.settings.space_overrides)), tuner_name,
+    recorder = StudyRecorder(study, optuna_distributions(build_space(
+        opened.settings.space, opened.settings.space_overrides, opened.settings.space_version)), tuner_name,
                              keeper=keeper_for(study, opened.settings.artifacts, opened.settings.keep_models))
     ctx = SearchContext(opened.settings, opened.split, tuner_name, recorder)
     deadline = None if timeout is None else time.monotonic() + timeout
