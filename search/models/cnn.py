@@ -116,7 +116,8 @@ def cnn_inputs(config: CnnConfig, split: Split, *, seed: int, tta: str) -> CnnIn
                       num_parallel_calls=tf.data.AUTOTUNE)
     if config.mixing != "none":
         layer_name, strength = MIXING_LAYERS[config.mixing]
-        mixer = getattr(keras.layers, layer_name)(**strength, seed=seed)
+        # float32 whatever the global policy: it mixes input pixels and labels, not activations
+        mixer = getattr(keras.layers, layer_name)(**strength, seed=seed, dtype="float32")
 
         def mix(images: Any, labels: Any) -> tuple[Any, Any]:
             mixed = mixer({"images": images, "labels": labels}, training=True)

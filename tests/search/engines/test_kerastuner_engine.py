@@ -16,7 +16,7 @@ from cifar_hpo.search.engines.kerastuner.tuner import checked_project_dir, proje
 from cifar_hpo.search.models.training import TrainResult
 from cifar_hpo.spaces import build_space
 from cifar_hpo.spaces.bounds import optuna_distributions, space_bounds, suggest_params
-from cifar_hpo.spaces.cnn import BASELINE
+from cifar_hpo.spaces.cnn import BASELINE, suggest
 from cifar_hpo.storage.names import safe_filename
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,7 +106,8 @@ def test_recording_finished_pruned_infeasible_and_continued_trials() -> None:
     first = trials[0]
     assert first.user_attrs["baseline"] is True and first.params == BASELINE.to_params()
     assert first.value == pytest.approx(0.5) and first.intermediate_values == {1: 0.3, 2: 0.5, 3: 0.4}
-    assert first.distributions == optuna_engine_distributions(space)
+    # the distributions the Optuna engine records, for the parameters this point uses (conditional ones left out)
+    assert first.distributions == {k: v for k, v in optuna_engine_distributions(space).items() if k in first.params}
     for key in ("best_epoch", "epochs_run", "params", "fit_seconds", "train_images_per_s", "history", "wall_seconds"):
         assert key in first.user_attrs
     assert first.user_attrs["engine"] == "kerastuner" and first.user_attrs["kerastuner_tuner"] == "hyperband"
@@ -147,7 +148,12 @@ def test_tiny_hyperband_search_end_to_end(tiny_npz: Path, tmp_path: Path, monkey
     study = optuna.load_study(study_name="kt", storage=url)
     trials = study.get_trials()
     assert len(trials) == 4
-    assert all(set(t.params) == set(space_bounds(build_space("cnn"))) for t in trials)
+    # every trial holds exactly the parameters the space's suggest asks for its point (conditional ones out)
+    space = build_space("cnn")
+    assert all(suggest(optuna.trial.FixedTrial(t.params), space) and set(t.params) <= set(space_bounds(space))
+               for t in trials)
+    assert all(f"{t.params['optimizer']}_learning_rate" in t.params and
+               f"{'sgd' if t.params['optimizer'] == 'adam' else 'adam'}_learning_rate" not in t.params for t in trials)
     assert all(t.user_attrs["engine"] == "kerastuner" for t in trials)
     assert [t.state for t in trials[:3]] == [TrialState.PRUNED] * 3
     assert all(t.intermediate_values.keys() == {1} for t in trials[:3])

@@ -123,7 +123,7 @@ def test_hpo_search_stores_the_flag_records_the_policy_and_refuses_another_on_re
 
     url = f"sqlite:///{tmp_path / 'p.db'}"
     args = ["search", "--study", "p", "--storage", url, "--data", str(tiny_npz), "--val-size", "100",
-            "--epochs", "1", "--recycle-after", "0"]
+            "--epochs", "1", "--recycle-after", "0", "--no-priors"]
     assert main([*args, "--n-trials", "1", "--precision", "bf16"]) == 0
     study = optuna.load_study(study_name="p", storage=url)
     assert study.user_attrs["hpo_settings"]["precision"] == "bf16"
