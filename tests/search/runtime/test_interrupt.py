@@ -45,7 +45,7 @@ def test_launch_stops_in_a_few_lines(tmp_path: Path, tiny_npz: Path, how: str) -
     command = [sys.executable, "-m", "cifar_hpo.search.cli", "launch", "--workers", str(WORKERS), "--study", "s",
                "--storage", url, "--data", str(tiny_npz), "--val-size", "100", "--epochs", "200",
                "--n-trials", "50", "--pruner", "none", "--seed", "0"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # the installed cifar_hpo; no repository root on the path
     with output.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # its own group, as a terminal's foreground job
