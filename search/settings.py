@@ -151,8 +151,12 @@ class _SeededPerTrial:
     """
 
     _study_seed: int
+    # The trial this process asked for last: a Ctrl-C between Optuna's ask and the objective (inside ask, or
+    # while the heartbeat starts) would otherwise leave it RUNNING until its heartbeat goes stale.
+    last_trial_number: int | None = None
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.last_trial_number = trial.number
         # Optuna offers reseed_rng() (a fresh OS seed) but no reseed_rng(seed), so its RandomState is seeded here.
         self._rng.rng.seed(trial_seed(self._study_seed, trial.number))  # type: ignore[attr-defined]
         super().before_trial(study, trial)  # type: ignore[misc]

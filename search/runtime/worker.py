@@ -163,6 +163,9 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+            except KeyboardInterrupt:
+                _fail_asked_trial(study)
+                raise
             except Exception as err:
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
@@ -194,6 +197,18 @@ def _is_storage_error(err: BaseException) -> bool:
 def _where(study: optuna.Study) -> str:
     storage = rdb_storage(study)
     return mask_url(str(storage.url)) if storage is not None else "in memory"
+
+
+def _fail_asked_trial(study: optuna.Study) -> None:
+    """Mark FAIL the trial this process asked for last, unless it already finished: Optuna fails a trial
+    interrupted inside the objective, not one interrupted between its ask and the objective."""
+    number = getattr(study.sampler, "last_trial_number", None)
+    if number is None:
+        return
+    try:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception as err:  # the storage refuses (or the trial is gone): its heartbeat will fail it
+        _logger.debug("could not mark trial %d FAIL: %s", number, err)
 
 
 def _fail_running_trial(study: optuna.Study, current: list[optuna.trial.Trial]) -> None:

@@ -51,3 +51,22 @@ def test_exit_codes_carry_the_failures():
     assert recycled_failures(ExitCode.RECYCLE + MAX_CONSECUTIVE_FAILURES - 1) == MAX_CONSECUTIVE_FAILURES - 1
     assert recycled_failures(ExitCode.RECYCLE + MAX_CONSECUTIVE_FAILURES) is None
     assert recycled_failures(ExitCode.OK) is None and recycled_failures(None) is None
+
+
+def test_a_trial_interrupted_between_ask_and_objective_is_failed(monkeypatch):
+    """Ctrl-C inside Optuna's ask (after the trial was created RUNNING, before the objective runs): Optuna
+    does not fail that trial; the worker does, instead of leaving it RUNNING until its heartbeat goes stale."""
+    from cifar_hpo.search.settings import StudySettings, make_sampler
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(StudySettings(seed=3)))
+
+    before_trial = study.sampler.before_trial
+
+    def interrupted(*args, **kwargs):  # the sampler's hook inside ask, after the trial exists
+        before_trial(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.sampler, "before_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, lambda trial: 1.0, n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
