@@ -87,17 +87,27 @@ def shown(command: list[str], data: str) -> str:
     return " ".join(w.replace(str(Path(data).parent), "DIR") for w in words)
 
 
-def run_until(command: list[str], deadline_s: float, log: Path) -> tuple[int, float]:
-    """Run ``command``; SIGTERM it at the deadline (the running trial is marked FAIL). (exit code, seconds)."""
+def run_until(command: list[str], deadline_s: float, log: Path, state: State, phase: str) -> int:
+    """Run ``command``; SIGTERM it at the deadline (the running trial is marked FAIL). The phase's seconds are
+    added to the state every 30 s, so a run stopped from outside (a session's end) still counts its time."""
+    counted = 0.0
     start = time.monotonic()
     with open(log, "a") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            proc.wait(timeout=max(1.0, deadline_s))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=300)
-    return proc.returncode, time.monotonic() - start
+        while proc.poll() is None:
+            elapsed = time.monotonic() - start
+            if elapsed >= max(1.0, deadline_s):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=300)
+                break
+            try:
+                proc.wait(timeout=min(30.0, max(1.0, deadline_s) - elapsed))
+            except subprocess.TimeoutExpired:
+                pass
+            state.add_seconds(phase, time.monotonic() - start - counted)
+            counted = time.monotonic() - start
+    state.add_seconds(phase, time.monotonic() - start - counted)
+    return proc.returncode
 
 
 def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
@@ -109,8 +119,7 @@ def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
                   "--space-config", args.space_config, "--seed", str(args.seed), "--val-size", str(args.val_size),
                   *(["--subset", str(args.subset)] if args.subset else []))
     state.data["commands"].append(shown(command, args.data))
-    code, seconds = run_until(command, share, log)
-    state.add_seconds("search", seconds)
+    code = run_until(command, share, log, state, "search")
     state.data["search_exit_codes"] = [*state.data.get("search_exit_codes", []), code]
     state.save()
 
@@ -124,8 +133,7 @@ def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
                   *(["--subset", str(args.subset)] if args.subset else []))
     for command in (export, retrain):
         state.data["commands"].append(shown(command, args.data))
-        code, seconds = run_until(command, 6 * 3600, log)
-        state.add_seconds("final", seconds)
+        code = run_until(command, 6 * 3600, log, state, "final")
         if code != 0:
             raise SystemExit(f"headline_cnn: {shown(command, args.data)} failed (exit {code}); see {log}")
     metrics = json.loads(model.with_name(model.name[: -len(".keras")] + ".metrics.json").read_text())
