@@ -151,22 +151,21 @@ def check_fingerprint(settings: StudySettings, fingerprint: str, path: str | Non
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
     """Queue the hand-tuned model as the first trial, unless the (overridden) bounds exclude it."""
-    params = get_space_module(space_name).BASELINE.to_params()
-    outside = outside_bounds(space, params)
-    if outside:
-        return f"seed baseline not enqueued: its {', '.join(outside)} lie outside this study's bounds"
-    study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
-    return ""
+    return _enqueue_inside(study, space, get_space_module(space_name).BASELINE, {"baseline": True}, "seed baseline")
 
 
 def enqueue_priors(study: optuna.Study, space_name: str, space: Any) -> list[str]:
     """Queue the space's strong known recipes (after the baseline); those the bounds exclude are skipped."""
-    notes = []
-    for name, config in getattr(get_space_module(space_name), "PRIORS", {}).items():
-        params = config.to_params()
-        outside = outside_bounds(space, params)
-        if outside:
-            notes.append(f"prior {name!r} not enqueued: its {', '.join(outside)} lie outside this study's bounds")
-            continue
-        study.enqueue_trial(params, user_attrs={"prior": name}, skip_if_exists=True)
-    return notes
+    notes = [_enqueue_inside(study, space, config, {"prior": name}, f"prior {name!r}")
+             for name, config in getattr(get_space_module(space_name), "PRIORS", {}).items()]
+    return [note for note in notes if note]
+
+
+def _enqueue_inside(study: optuna.Study, space: Any, config: Any, user_attrs: dict[str, Any], what: str) -> str:
+    """Queue ``config`` as a trial; "" if queued, else the note saying which bounds exclude it."""
+    params = config.to_params()
+    outside = outside_bounds(space, params)
+    if outside:
+        return f"{what} not enqueued: its {', '.join(outside)} lie outside this study's bounds"
+    study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
+    return ""

@@ -10,7 +10,7 @@ from typing import Any
 
 from cifar_hpo.search.errors import ConfigError, ExitCode, SearchStopped
 from cifar_hpo.search.models.precision import PRECISIONS
-from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS, StudySettings, absolute_data_path
+from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS, TTA_MODES, StudySettings, absolute_data_path
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
 DEFAULT_N_TRIALS = 20
@@ -82,7 +82,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                         help="do not enqueue the hand-tuned seed baseline as the first trial")
     parser.add_argument("--no-priors", action="store_true",
                         help="do not enqueue the space's strong known recipes after the baseline")
-    parser.add_argument("--tta", choices=("none", "flip"),
+    parser.add_argument("--tta", choices=TTA_MODES,
                         help="test-time augmentation of validation and test scoring (default: flip for cnn)")
     parser.add_argument("--weights", metavar="imagenet|PATH",
                         help="inception space: ImageNet weights through Keras (default) or a .weights.h5 file")

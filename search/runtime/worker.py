@@ -164,14 +164,15 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
             except KeyboardInterrupt:
-                _fail_asked_trial(study)
+                # a Ctrl-C between Optuna's ask and the objective: Optuna leaves that trial RUNNING
+                _fail_trials(study, [getattr(study.sampler, "last_trial_number", None)])
                 raise
             except Exception as err:
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)
                 if fault is not None:  # disk full, read-only, ...: the same call would fail again
-                    _fail_running_trial(study, current)
+                    _fail_trials(study, [trial.number for trial in current])
                     raise StorageError(f"storage {_where(study)}: {fault}") from None
                 if not _is_storage_error(err):
                     raise
@@ -199,26 +200,17 @@ def _where(study: optuna.Study) -> str:
     return mask_url(str(storage.url)) if storage is not None else "in memory"
 
 
-def _fail_asked_trial(study: optuna.Study) -> None:
-    """Mark FAIL the trial this process asked for last, unless it already finished: Optuna fails a trial
-    interrupted inside the objective, not one interrupted between its ask and the objective."""
-    number = getattr(study.sampler, "last_trial_number", None)
-    if number is None:
-        return
-    try:
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    except Exception as err:  # the storage refuses (or the trial is gone): its heartbeat will fail it
-        _logger.debug("could not mark trial %d FAIL: %s", number, err)
-
-
-def _fail_running_trial(study: optuna.Study, current: list[optuna.trial.Trial]) -> None:
-    """Mark this worker's running trial FAIL if the storage still takes that write (a full disk may, a
-    read-only file does not); otherwise its heartbeat goes stale and another worker fails it later."""
-    for trial in current:
+def _fail_trials(study: optuna.Study, numbers: list[int | None]) -> None:
+    """Mark this worker's trials FAIL unless they already finished, if the storage still takes that write (a
+    full disk may, a read-only file does not); otherwise their heartbeat goes stale and another worker fails
+    them later."""
+    for number in numbers:
+        if number is None:
+            continue
         try:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        except Exception as err:  # the storage refuses: nothing more this worker can do
-            _logger.debug("could not mark trial %d FAIL: %s", trial.number, err)
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        except Exception as err:  # the storage refuses (or the trial is gone): nothing more this worker can do
+            _logger.debug("could not mark trial %d FAIL: %s", number, err)
 
 
 def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,
