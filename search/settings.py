@@ -14,6 +14,7 @@ import optuna
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.reports.export import TTA_MODES
 from cifar_hpo.search.models.precision import PRECISIONS
+from cifar_hpo.search.presets import PRESET_NAMES, PRESETS, choose_preset
 from cifar_hpo.spaces import SPACE_NAMES, current_version
 from cifar_hpo.storage.attrs import FORMAT_ATTR, SETTINGS_ATTR
 
@@ -27,7 +28,8 @@ BUDGET_FIELDS = ("n_trials", "timeout")
 LOCAL_FIELDS = ("data", "artifacts")
 # What a study written before a field existed meant by it (from_study fills it in): those studies trained in
 # float32, without test-time augmentation or priors, and keep meaning that when resumed, reported or retrained.
-LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False, "space_version": 1}
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False, "space_version": 1,
+                                   "preset": "full"}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -56,6 +58,7 @@ class StudySettings:
     artifacts: str | None = None  # trial models' folder; None: beside a SQLite file (storage/artifacts.py)
     keep_models: int = 3  # models of the top K complete trials are kept; 0: none
     space_version: int | None = None  # the space's version at creation (None: the current one)
+    preset: str = "full"  # what sized the study where its flags did not (search/presets.py)
 
     def __post_init__(self) -> None:
         if self.space_version is None and self.space in SPACE_NAMES:
@@ -77,6 +80,7 @@ class StudySettings:
             (self.n_trials is None or self.n_trials >= 1, f"--n-trials must be >= 1, but got {self.n_trials}"),
             (self.timeout is None or self.timeout > 0, f"--timeout must be > 0 seconds, but got {self.timeout}"),
             (self.keep_models >= 0, f"--keep-models must be >= 0, but got {self.keep_models}"),
+            (self.preset in PRESET_NAMES, f"--preset must be one of {list(PRESET_NAMES)}, but got {self.preset!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,6 +121,8 @@ def resolve(stored: StudySettings | None, given: dict[str, Any]) -> StudySetting
     """
     given = {k: v for k, v in given.items() if v is not None}
     if stored is None:
+        preset = choose_preset(given)
+        given = {**PRESETS[preset].fill(given), "preset": preset} if preset in PRESETS else {**given, "preset": preset}
         if "subset" in given and "val_size" not in given:
             given["val_size"] = default_val_size(given["subset"])
         return StudySettings(**given)
@@ -131,6 +137,14 @@ def resolve(stored: StudySettings | None, given: dict[str, Any]) -> StudySetting
             "drop those flags to resume it, or choose a new --study name"
         )
     return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in BUDGET_FIELDS + LOCAL_FIELDS})
+
+
+def run_timeout(given_timeout: float | None, settings: StudySettings) -> float | None:
+    """This command's time limit: --timeout if given, else the study's preset's (None: none)."""
+    if given_timeout is not None:
+        return given_timeout
+    preset = PRESETS.get(settings.preset)
+    return preset.timeout if preset is not None else None
 
 
 def absolute_data_path(path: str | None) -> str | None:

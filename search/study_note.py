@@ -38,7 +38,9 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         f"- **Data**: `{data}` (fingerprint `{settings.data_fingerprint or 'unknown'}`)",
         f"- **Split**: {validation} held out of the training set, stratified; "
         f"trained on {subset}; seed {settings.seed}. The test set is never used to choose hyperparameters.",
-        f"- **Budget**: {', '.join(budget)}",
+        f"- **Budget**: {', '.join(budget)}"
+        + (f" (preset `{settings.preset}`: what no flag sized; CPU-sized bounds are marked below)"
+           if settings.preset != "full" else ""),
         f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",
         f"- **Engine**: {settings.engine}; seed baseline enqueued first: {'yes' if settings.baseline else 'no'}",
         "- **Scoring**: validation (and later test) accuracy "

@@ -25,6 +25,13 @@ MIN_INPUT_SIZE = 75  # smallest input keras.applications.InceptionV3 accepts
 MAX_INPUT_SIZE = 299  # the size InceptionV3 was trained at; larger only costs time
 TOP_BLOCK = 10  # the trunk's blocks are mixed0 .. mixed10
 POOLINGS = ("avg", "max")
+# Bound overrides for a CPU (the quick preset, search/presets.py): the two smaller inputs (trunk features of
+# 10,000 images cached in minutes) and at most the top two blocks trained.
+CPU_BOUNDS: dict[str, dict[str, Any]] = {
+    "input_size": {"choices": [75, 107]},
+    "unfreeze_blocks": {"low": 0, "high": 2},
+    "warmup_epochs": {"low": 0, "high": 1},  # trials of the quick preset train 3 epochs
+}
 
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from cifar_hpo.search.errors import ConfigError, ExitCode, SearchStopped
 from cifar_hpo.search.models.precision import PRECISIONS
-from cifar_hpo.search.settings import ENGINES, PRUNERS, SAMPLERS, TTA_MODES, StudySettings, absolute_data_path
+from cifar_hpo.search.presets import PRESET_NAMES, PRESETS
+from cifar_hpo.search.settings import (ENGINES, PRUNERS, SAMPLERS, TTA_MODES, StudySettings, absolute_data_path,
+                                       run_timeout)
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
 
 DEFAULT_N_TRIALS = 20
@@ -64,6 +66,10 @@ def add_budget_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_study_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that define a new study; stored in it, and checked against it on resume."""
+    parser.add_argument("--preset", choices=PRESET_NAMES,
+                        help="size of a new study where its flags do not say: quick (about 15 min on a 2-core CPU: "
+                        "10,000 images, CPU-sized models, 12 trials or 15 min) or full (the whole space, all "
+                        "images); default: quick where no GPU is visible and nothing is sized by a flag, else full")
     parser.add_argument("--space", choices=("cnn", "inception"), help="search space (default cnn)")
     parser.add_argument("--engine", choices=ENGINES, help="optuna (default) or kerastuner")
     parser.add_argument("--sampler", choices=SAMPLERS, help="tpe (default) or random")
@@ -110,9 +116,19 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
         "priors": False if args.no_priors else None, "tta": args.tta, "precision": args.precision,
-        "n_trials": args.n_trials, "timeout": args.timeout,
+        "n_trials": args.n_trials, "timeout": args.timeout, "preset": args.preset,
         "artifacts": absolute_data_path(args.artifacts), "keep_models": args.keep_models,
     }
+
+
+def start_notes(opened: Any, args: argparse.Namespace, url: str) -> list[str]:
+    """One-line notes for the start of a run: the setup's notes, the preset's sizes, and this run's time limit
+    (a study sized by a preset takes its time limit from it unless --timeout is given)."""
+    notes = [*opened.notes, artifacts_note(opened, url)]
+    if opened.created and opened.settings.preset in PRESETS and opened.settings.preset != "full":
+        notes.append(PRESETS[opened.settings.preset].describe(opened.settings))
+    args.timeout = run_timeout(args.timeout, opened.settings)
+    return [note for note in notes if note]
 
 
 def artifacts_note(opened: Any, url: str) -> str | None:
@@ -202,9 +218,8 @@ def run(args: argparse.Namespace) -> int:
                             space_config=args.space_config)
     if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
         return run_kerastuner_opened(args, opened)
-    for note in [*opened.notes, artifacts_note(opened, args.storage)]:
-        if note:
-            print(f"hpo search: {note}", file=sys.stderr)
+    for note in start_notes(opened, args, args.storage):
+        print(f"hpo search: {note}", file=sys.stderr)
     verb = "created" if opened.created else "resumed"
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
     return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)
@@ -225,7 +240,7 @@ def run_kerastuner(args: argparse.Namespace, given: dict[str, Any]) -> int:
         raise ConfigError(f"--tuner must be one of {list(TUNERS)}, but got {args.tuner!r}")
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
-    for note in opened.notes:
+    for note in start_notes(opened, args, args.storage):
         print(f"hpo search: {note}", file=sys.stderr)
     return run_kerastuner_opened(args, opened)
 
@@ -238,6 +253,7 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
 
     if opened.settings.engine != ENGINE:
         raise ConfigError(f"study {args.study!r} runs on engine {opened.settings.engine!r}; drop --engine kerastuner")
+    args.timeout = run_timeout(args.timeout, opened.settings)
     tuner = tuner_for(opened.study, getattr(args, "tuner", None))
     verb = "created" if opened.created else "resumed"
     directory = project_dir(args.study, resume=not opened.created)

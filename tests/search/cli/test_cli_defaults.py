@@ -36,7 +36,7 @@ def test_subset_without_val_size_gets_a_proportionate_validation_split() -> None
     assert [default_val_size(s) for s in (None, 1000, 9000, 20000, 45000, 100000)] == [5000, 500, 1000, 2222, 5000, 5000]
     assert resolve(None, {"subset": 9000, "val_size": None}).val_size == 1000
     assert resolve(None, {"subset": 9000, "val_size": 300}).val_size == 300
-    assert resolve(None, {}).val_size == 5000
+    assert resolve(None, {"preset": "full"}).val_size == 5000
     stored = StudySettings(subset=9000, val_size=1000)
     assert resolve(stored, {"subset": 9000}).val_size == 1000  # a resume keeps the stored split
     note = study_note("s", resolve(None, {"subset": 9000}), build_space("cnn"))
