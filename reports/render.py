@@ -291,13 +291,14 @@ def class_table(report: Mapping[str, Any], class_names: Sequence[str]) -> Table:
 
 
 def comparison_blocks(rankings: Sequence[StudyRanking], class_names: Sequence[str]) -> list[Block]:
-    """Side by side: each study's best configuration (by test mean if evaluated, else by validation)."""
+    """Side by side: each study's chosen configuration (best validation accuracy) and, if evaluated, its test
+    result."""
     blocks: list[Block] = [Heading("Comparison of studies", 2)]
     picks = [best_pick(r) for r in rankings]
     header = ["", *[f"{code(r.study)} ({r.space})" for r in rankings]]
     evaluated = [p["report"] is not None for p in picks]
     rows = [
-        ["best configuration", *[p["label"] for p in picks]],
+        ["chosen configuration (best validation)", *[p["label"] for p in picks]],
         ["best val accuracy", *[pct(r.rows[0].val_accuracy) if r.rows else "—" for r in rankings]],
     ]
     if any(evaluated):  # rows that exist only after --evaluate are shown only when some study has them
@@ -327,14 +328,16 @@ def comparison_blocks(rankings: Sequence[StudyRanking], class_names: Sequence[st
 
 
 def best_pick(r: StudyRanking) -> dict[str, Any]:
-    if r.test_rows:
-        t = r.test_rows[0]
+    """The configuration the study chose: its best by validation accuracy (of those evaluated on the test set,
+    when any were); its test result is reported, never used to choose (the best of K by test is optimistic)."""
+    tested = {t.trial: t for t in r.test_rows}
+    chosen = next((row for row in r.rows if row.trial in tested), None)
+    if chosen is not None:
+        t = tested[chosen.trial]
         summary = r.summaries[t.key]
-        row = next((x for x in r.rows if x.trial == t.trial), None)
         return {"label": label(t.trial, t.baseline), "test": mean_std(t.mean, t.std), "n_params": summary.n_params,
-                "fit_seconds": summary.fit_seconds if row is None else row.fit_seconds, "report": summary.report,
-                "cache_fill_seconds": None if row is None else row.cache_fill_seconds,
-                "wall_seconds": None if row is None else row.wall_seconds}
+                "fit_seconds": chosen.fit_seconds, "report": summary.report,
+                "cache_fill_seconds": chosen.cache_fill_seconds, "wall_seconds": chosen.wall_seconds}
     if r.rows:
         row = r.rows[0]
         return {"label": row_label(row), "test": "—", "n_params": row.n_params, "fit_seconds": row.fit_seconds,

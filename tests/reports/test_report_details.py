@@ -44,6 +44,22 @@ def test_comparison_with_one_evaluated_study_names_the_other() -> None:
     assert PER_SEED_MEAN_NOTE in text  # two seeds: the per-class means are explained
 
 
+def test_comparison_reports_the_configuration_chosen_by_validation_not_the_best_on_test() -> None:
+    a = make_study("sqlite:///:memory:", "a", StudySettings(), n_complete=3)
+    b = make_study("sqlite:///:memory:", "b", StudySettings(), n_complete=2, seed=1)
+    chosen, runner_up = ranking_of(a).rows[0], ranking_of(a).rows[1]
+    low = store_fake_evaluation(a, f"t{chosen.trial}", chosen.trial, 1, 0, 0.5)
+    high = store_fake_evaluation(a, f"t{runner_up.trial}", runner_up.trial, 1, 0, 0.9)
+    assert high.accuracy > low.accuracy
+    evaluations = {f"t{chosen.trial}": [low], f"t{runner_up.trial}": [high]}
+    text = markdown(ranking_of(a, evaluations), ranking_of(b))
+    comparison = text.split("Comparison of studies")[1].split("## Study")[0]
+    row = next(line for line in comparison.splitlines() if line.startswith("| chosen configuration (best validation)"))
+    assert f"trial {chosen.trial}" in row and f"trial {runner_up.trial}" not in row
+    test_row = next(line for line in comparison.splitlines() if line.startswith("| test accuracy"))
+    assert f"{100 * low.accuracy:.2f}%" in test_row and f"{100 * high.accuracy:.2f}%" not in test_row
+
+
 def test_cache_fill_and_wall_time_are_reported_apart_from_training() -> None:
     study = optuna.create_study(direction="maximize")
     study.add_trial(make_trial(dict(SMALL_CNN), [0.5], feature_cache={"compute_seconds": 61.5}, wall_seconds=80.0,
