@@ -39,10 +39,13 @@ class Candidate:
 
 
 def choose_candidates(trials: Sequence[FrozenTrial], rows: Sequence[RankedRow], top_k: int, settings: StudySettings,
-                      epochs: int | None) -> list[Candidate]:
-    """The top ``top_k`` completed trials by validation accuracy, plus the seed baseline."""
+                      epochs: int | None, *, with_baseline: bool = True) -> list[Candidate]:
+    """The top ``top_k`` completed trials by validation accuracy, plus the seed baseline (``with_baseline``)."""
     by_number = {t.number: t for t in trials}
     chosen = [by_number[row.trial] for row in rows[:top_k]]
+    if not with_baseline:
+        return [Candidate(f"t{t.number}", t.number, bool(t.user_attrs.get("baseline")), dict(t.params),
+                          epochs or export_epochs(t, settings.epochs)) for t in chosen]
     baseline = find_baseline(trials)
     if baseline is not None and baseline.params and all(t.number != baseline.number for t in chosen):
         chosen.append(baseline)

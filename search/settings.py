@@ -63,12 +63,10 @@ class StudySettings:
     def __post_init__(self) -> None:
         if self.space_version is None and self.space in SPACE_NAMES:
             object.__setattr__(self, "space_version", current_version(self.space))
-        if self.tta is None:  # horizontal flips for the cnn space; inception scores cached features unflipped
-            object.__setattr__(self, "tta", "flip" if self.space == "cnn" else "none")
+        if self.tta is None:  # horizontal flips: each image and its mirror (inception: the mirror's features cached)
+            object.__setattr__(self, "tta", "flip")
         checks = [
             (self.tta in TTA_MODES, f"--tta must be one of {list(TTA_MODES)}, but got {self.tta!r}"),
-            (self.tta == "none" or self.space == "cnn",
-             f"--tta {self.tta} is implemented for the cnn space only, but got space {self.space!r}"),
             (self.sampler in SAMPLERS, f"--sampler must be one of {list(SAMPLERS)}, but got {self.sampler!r}"),
             (self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, but got {self.pruner!r}"),
             (self.engine in ENGINES, f"--engine must be one of {list(ENGINES)}, but got {self.engine!r}"),

@@ -64,7 +64,8 @@ def run_report(args: argparse.Namespace) -> int:
     for study, settings in opened:  # every study and its data checked before any training
         trials = study.get_trials(deepcopy=False)
         seeds = evaluation_seeds(settings, args.seeds)
-        candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs)
+        candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs,
+                                       with_baseline=not args.no_baseline)
         # The trials' own kept models are evaluated as they are (no retraining), unless --retrain.
         store = None if args.retrain else store_for(args.artifacts or settings.artifacts, args.storage)
         models = kept_models(study, settings, candidates, store)
@@ -92,9 +93,12 @@ def run_report(args: argparse.Namespace) -> int:
     for r in rankings:
         best = f"{r.rows[0].val_accuracy:.4f} (trial {r.rows[0].trial})" if r.rows else "none"
         line = f"study {r.study}: {r.counts.complete} complete, {r.counts.pruned} pruned, {r.counts.failed} failed; best val accuracy {best}"
-        if r.test_rows:
-            t = r.test_rows[0]
-            line += f"; best test accuracy {t.mean:.4f} +- {t.std:.4f} over {t.seeds} seed(s) ({t.key})"
+        # the test result of the configuration validation chose (the best of K on the test set would flatter)
+        tested = {t.trial: t for t in r.test_rows}
+        t = next((tested[row.trial] for row in r.rows if row.trial in tested), None)
+        if t is not None:
+            line += (f"; test accuracy of the chosen configuration {t.mean:.4f} +- {t.std:.4f} over {t.seeds} "
+                     f"seed(s) ({t.key})")
         print(line)
     print(f"report written to {written.folder} ({len(written.files)} files: report.md, report.html, ranking.csv, "
           f"ranking.json, {sum(f.endswith('.png') for f in written.files)} PNG)")
@@ -244,6 +248,8 @@ def register(subparsers: Any) -> None:
     report.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
                         help=f"configurations shown and evaluated (default {DEFAULT_TOP})")
     report.add_argument("--out", default="report", metavar="DIR", help="output folder (default ./report)")
+    report.add_argument("--no-baseline", action="store_true",
+                        help="with --evaluate: leave the seed baseline out (it is evaluated by default, for the gain)")
     report.add_argument("--evaluate", action="store_true",
                         help="evaluate the top K and the baseline on the test set: the trials' own kept models "
                         "directly, the others retrained on the training split")

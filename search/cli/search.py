@@ -89,7 +89,7 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-priors", action="store_true",
                         help="do not enqueue the space's strong known recipes after the baseline")
     parser.add_argument("--tta", choices=TTA_MODES,
-                        help="test-time augmentation of validation and test scoring (default: flip for cnn)")
+                        help="test-time augmentation of validation and test scoring (default flip: each image and its mirror)")
     parser.add_argument("--weights", metavar="imagenet|PATH",
                         help="inception space: ImageNet weights through Keras (default) or a .weights.h5 file")
     parser.add_argument("--precision", choices=PRECISIONS,

@@ -33,7 +33,7 @@ from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.models.feature_cache import (STORE_DTYPE, CacheKey, FeatureCache, array_fingerprint, default_cache,
                                   weights_identity)
 from cifar_hpo.search.models.phase import report_phase
-from cifar_hpo.search.models.training import Reporter, TrainResult, fit_tracked
+from cifar_hpo.search.models.training import Reporter, TrainResult, ValidationScorer, fit_tracked
 from cifar_hpo.spaces.inception import TOP_BLOCK, InceptionConfig
 
 AUG_VIEWS = 2  # fixed augmented views per training image when training on cached features
@@ -308,6 +308,9 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     ``weights`` defaults to ``settings.weights`` ('imagenet' without settings); ``cache`` to the process-wide
     cifar_hpo.search.models.feature_cache.default_cache() (None: no cache); ``callbacks`` go to both phases' ``fit`` (benchmarks).
     Returns the full pixels -> probabilities model.
+
+    With the study's ``tta="flip"`` validation is scored on each image and its mirror (predictions averaged), as
+    the test evaluation scores the returned model; with the cache, the mirrored images' features are cached too.
     """
     if weights is _FROM_SETTINGS:
         weights = getattr(settings, "weights", None) or "imagenet"
@@ -318,25 +321,32 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     use_cache = cache is not None and weights_id is not None
     warm, tune = _phases(config, epochs)
     n_train = len(split.x_train)
+    tta = getattr(settings, "tta", "none") or "none"
     warm_model = warm_train = warm_val = None
+    warm_scorer: list[Any] = []
     if use_cache:
         before = cache.stats.as_dict()
         n_views = 1 if config.augment_strength == 0 else AUG_VIEWS
 
-        def data(block: int | None) -> tuple[FeatureSequence, FeatureSequence]:
+        def data(block: int | None) -> tuple[FeatureSequence, Any, list[Any]]:
+            """Training views, and validation data for fit (None when a scorer scores it, with TTA)."""
             views = [cut_features(parts, split.x_train, cache, weights_id, strength=config.augment_strength,
                                   view=v, block=block) for v in range(n_views)]
-            return (FeatureSequence(views, split.y_train, config.batch_size, shuffle=True, seed=seed),
-                    FeatureSequence([cut_features(parts, split.x_val, cache, weights_id, block=block)],
-                                    split.y_val, EVAL_BATCH, shuffle=False))
+            train = FeatureSequence(views, split.y_train, config.batch_size, shuffle=True, seed=seed)
+            val = cut_features(parts, split.x_val, cache, weights_id, block=block)
+            if tta == "none":
+                return train, FeatureSequence([val], split.y_val, EVAL_BATCH, shuffle=False), []
+            mirrored = cut_features(parts, np.ascontiguousarray(split.x_val[:, :, ::-1]), cache, weights_id,
+                                    block=block)
+            return train, None, [ValidationScorer(val, split.y_val, tta, EVAL_BATCH, x_val_flipped=mirrored)]
 
-        train_data, val_data = data(None)
+        train_data, val_data, scorer = data(None)
         model = parts.head
         if warm and parts.top is not None:
             # Warm-up trains the classifier alone while the top blocks are frozen: their output is fixed
             # too, so it is cached and the warm-up epochs skip the top blocks entirely.
             warm_model = parts.classifier
-            warm_train, warm_val = data(TOP_BLOCK)
+            warm_train, warm_val, warm_scorer = data(TOP_BLOCK)
         if trial is not None:
             after = cache.stats.as_dict()
             trial.set_user_attr("feature_cache", {k: round(after[k] - before[k], 3) for k in after})
@@ -346,21 +356,24 @@ def train_inception(config: InceptionConfig, split: Split, *, epochs: int, trial
     else:
         train_data = _onehot(make_dataset(split.x_train, split.y_train, config.batch_size, shuffle=True, seed=seed))
         val_data = _onehot(make_dataset(split.x_val, split.y_val, EVAL_BATCH, shuffle=False))
+        scorer = []
+        if tta != "none":
+            val_data, scorer = None, [ValidationScorer(split.x_val, split.y_val, tta, EVAL_BATCH)]
         model = parts.full
 
     result = TrainResult()
     if warm:
         parts.set_top_trainable(False)
         if warm_model is None:
-            warm_model, warm_train, warm_val = model, train_data, val_data
+            warm_model, warm_train, warm_val, warm_scorer = model, train_data, val_data, scorer
         compile_phase(warm_model, config, config.head_lr)
         result.merge(fit_tracked(warm_model, warm_train, warm_val, epochs=warm, n_train=n_train, trial=trial,
-                                 callbacks=callbacks))
+                                 callbacks=[*warm_scorer, *(callbacks or [])]))
     if tune and result.pruned_at is None:
         parts.set_top_trainable(True)
         compile_phase(model, config, config.head_lr * config.finetune_lr_fraction)
         result.merge(fit_tracked(model, train_data, val_data, epochs=tune, n_train=n_train, trial=trial,
-                                 step_offset=warm, callbacks=callbacks))
+                                 step_offset=warm, callbacks=[*scorer, *(callbacks or [])]))
     result.params = int(parts.full.count_params())
     parts.full.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return parts.full, result

@@ -229,13 +229,18 @@ def _predict(model: keras.Model, x: Any, batch_size: int) -> Any:
 
 class ValidationScorer(keras.callbacks.Callback):
     """Scores the validation split after each epoch into ``val_accuracy`` (what pruning and the trial's value
-    read), with the study's test-time augmentation; ``val_accuracy_plain`` keeps the un-augmented score."""
+    read), with the study's test-time augmentation; ``val_accuracy_plain`` keeps the un-augmented score.
 
-    def __init__(self, x_val: Any, y_val: Any, tta: str = "none", batch_size: int = 500) -> None:
+    ``x_val_flipped``: the model's inputs for the mirrored images, when its inputs are not images (InceptionV3
+    trains on cached trunk features: the mirrored images' features are cached too); default: ``x_val`` flipped."""
+
+    def __init__(self, x_val: Any, y_val: Any, tta: str = "none", batch_size: int = 500,
+                 x_val_flipped: Any = None) -> None:
         super().__init__()
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {list(TTA_MODES)}, but got tta={tta!r}")
         self.x_val, self.y_val, self.tta, self.batch_size = x_val, y_val, tta, batch_size
+        self.x_val_flipped = x_val_flipped
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         import numpy as np
@@ -246,7 +251,8 @@ class ValidationScorer(keras.callbacks.Callback):
         plain = _predict(self.model, self.x_val, self.batch_size)
         logs["val_accuracy_plain"] = float((plain.argmax(-1) == labels).mean())
         if self.tta == "flip":
-            flipped = _predict(self.model, self.x_val[:, :, ::-1], self.batch_size)
+            mirrored = self.x_val[:, :, ::-1] if self.x_val_flipped is None else self.x_val_flipped
+            flipped = _predict(self.model, mirrored, self.batch_size)
             logs[MONITOR] = float((((plain + flipped) / 2).argmax(-1) == labels).mean())
         else:
             logs[MONITOR] = logs["val_accuracy_plain"]

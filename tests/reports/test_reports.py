@@ -267,3 +267,23 @@ def test_report_escapes_user_strings_in_markdown_and_html(tmp_path: Path) -> Non
     assert not [attrs for _, attrs in parser.tags if "onerror" in attrs]
     assert all(attrs["src"].startswith("data:image/png;base64,") for tag, attrs in parser.tags if tag == "img")
     assert "<code>&lt;img src=x onerror=alert(1)&gt; a|b `tick` *x*</code>" in page  # the study name, verbatim
+
+
+def test_report_without_the_baseline_and_the_summary_names_the_chosen_configurations_test(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = sqlite_url(tmp_path)
+    study = make_study(url, "alpha", SETTINGS, n_complete=6)
+    rows = rank_trials(study.get_trials())
+    # the runner-up scores higher on the test set: the summary must still name the chosen (best validation) one
+    chosen = store_fake_evaluation(study, f"t{rows[0].trial}", rows[0].trial, rows[0].best_epoch, 0, 0.5,
+                                   fingerprint="abc123")
+    runner_up = store_fake_evaluation(study, f"t{rows[1].trial}", rows[1].trial, rows[1].best_epoch, 0, 0.9,
+                                      fingerprint="abc123")
+    assert runner_up.accuracy > chosen.accuracy
+    store_fake_evaluation(study, "t0", 0, 3, 0, 0.4, baseline=True, fingerprint="abc123")
+    out = tmp_path / "rep"
+    assert main(["report", "--study", "alpha", "--storage", url, "--out", str(out), "--top", "2", "--seeds", "1",
+                 "--no-baseline"]) == 0
+    tested = json.loads((out / "ranking.json").read_text())["studies"][0]["test_ranking"]
+    assert sorted(t["trial"] for t in tested) == sorted([rows[0].trial, rows[1].trial])  # no baseline
+    assert f"test accuracy of the chosen configuration {chosen.accuracy:.4f}" in capsys.readouterr().out

@@ -244,3 +244,32 @@ def test_one_real_trial_with_imagenet_weights(real_assets: Path, tmp_path: Path)
     trial = optuna.load_study(study_name="real", storage=url).trials[0]
     assert trial.user_attrs["baseline"] is True and trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value > 0.5, trial.value
+
+
+def test_flip_tta_scores_validation_on_the_cached_features_of_each_image_and_its_mirror(random_weights: Path,
+                                                                                           tmp_path: Path) -> None:
+    """With the cache, --tta flip caches the mirrored validation images' features too, scores validation on
+    both, and agrees with what the returned pixel model scores with flips (as the test set is scored)."""
+    from hpo_testkit import make_tiny_cifar
+
+    from cifar_hpo.search.models.data import Cifar10, split_train_val
+    from cifar_hpo.search.models.feature_cache import FeatureCache
+    from cifar_hpo.search.models.inception import train_inception
+    from cifar_hpo.search.models.training import predict_probabilities
+    from cifar_hpo.search.settings import StudySettings
+
+    split = split_train_val(Cifar10(**make_tiny_cifar(n_train=120, n_test=20)), 40, None, 0)
+    config = dataclasses.replace(SMALL, unfreeze_blocks=0, augment_strength=0.0)
+    runs = {}
+    for tta in ("none", "flip"):
+        folder = tmp_path / tta
+        settings = StudySettings(space="inception", epochs=1, tta=tta)
+        runs[tta] = train_inception(config, split, epochs=1, trial=None, settings=settings,
+                                    weights=str(random_weights), cache=FeatureCache(folder))
+        runs[tta] += (len(list(folder.glob("*.npy"))),)
+    assert runs["none"][2] == 2 and runs["flip"][2] == 3  # training, validation (+ mirrored validation) features
+    model, result, _ = runs["flip"]
+    probabilities = predict_probabilities(model, split.x_val, tta="flip")
+    expected = float((probabilities.argmax(-1) == split.y_val.reshape(-1)).mean())
+    assert result.history["val_accuracy"][-1] == pytest.approx(expected, abs=2 / 40)  # features kept in float16
+    assert "val_accuracy_plain" in result.history and "val_accuracy_plain" not in runs["none"][1].history
