@@ -29,15 +29,11 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from headline import RESULTS, ROOT, State, hpo, plot, run_until, shown, trial_rows
 HAND_MODEL = {"test_accuracy": 0.869, "val_accuracy": 0.872, "minutes": 25,
               "what": "one hand-written Keras model (3 x 2 convs 32-64-128, BN, GAP, flips + translation, AdamW + "
                       "cosine, 15 epochs on 45,000 images) on the same kind of 2-core machine (issue 14)"}
@@ -62,57 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=RESULTS / "headline_cnn.json")
     return parser.parse_args(argv)
-
-
-class State:
-    """Seconds spent per phase and what each phase produced, kept beside the study (resumable runs)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"seconds": {}, "commands": []}
-
-    def add_seconds(self, phase: str, seconds: float) -> None:
-        self.data["seconds"][phase] = round(self.data["seconds"].get(phase, 0.0) + seconds, 1)
-        self.save()
-
-    def seconds(self, phase: str) -> float:
-        return float(self.data["seconds"].get(phase, 0.0))
-
-    def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
-
-
-def hpo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cifar_hpo.search.cli", *args]
-
-
-def shown(command: list[str], data: str) -> str:
-    """The command as a user types it (hpo ..., the data folder as DIR)."""
-    words = ["hpo", *command[3:]] if command[:3] == hpo() else command
-    return " ".join(w.replace(str(Path(data).parent), "DIR") for w in words)
-
-
-def run_until(command: list[str], deadline_s: float, log: Path, state: State, phase: str) -> int:
-    """Run ``command``; SIGTERM it at the deadline (the running trial is marked FAIL). The phase's seconds are
-    added to the state every 30 s, so a run stopped from outside (a session's end) still counts its time."""
-    counted = 0.0
-    start = time.monotonic()
-    with open(log, "a") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        while proc.poll() is None:
-            elapsed = time.monotonic() - start
-            if elapsed >= max(1.0, deadline_s):
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=300)
-                break
-            try:
-                proc.wait(timeout=min(30.0, max(1.0, deadline_s) - elapsed))
-            except subprocess.TimeoutExpired:
-                pass
-            state.add_seconds(phase, time.monotonic() - start - counted)
-            counted = time.monotonic() - start
-    state.add_seconds(phase, time.monotonic() - start - counted)
-    return proc.returncode
 
 
 def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
@@ -168,54 +113,6 @@ def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
     state.save()
 
 
-def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=url)
-    start = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
-    rows = []
-    for t in study.trials:
-        attrs = t.user_attrs
-        done = t.datetime_complete
-        rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value, "prior": attrs.get("prior"),
-            "baseline": bool(attrs.get("baseline")), "params": t.params, "epochs_run": attrs.get("epochs_run"),
-            "val_accuracy_per_epoch": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
-            "fit_seconds": attrs.get("fit_seconds"), "wall_seconds": attrs.get("wall_seconds"),
-            "train_images_per_s": attrs.get("train_images_per_s"), "n_params": attrs.get("params"),
-            "precision": attrs.get("precision"),
-            "finished_after_s": round((done - start).total_seconds(), 1) if done and start else None,
-        })
-    return rows, study
-
-
-def plot(rows: list[dict[str, Any]], path: Path, budget_s: float) -> None:
-    """Best validation accuracy so far against the search's wall clock (each point: a trial finishing)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = sorted((r["finished_after_s"], max(r["val_accuracy_per_epoch"] or [0.0])) for r in rows
-                    if r["finished_after_s"] is not None and r["state"] in ("COMPLETE", "PRUNED"))
-    best, xs, ys = 0.0, [], []
-    for seconds, value in points:
-        best = max(best, value)
-        xs.append(seconds / 60)
-        ys.append(best)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.step(xs, ys, where="post", label="best validation accuracy so far")
-    ax.scatter([p[0] / 60 for p in points], [p[1] for p in points], s=12, alpha=0.5, label="each finished trial")
-    ax.axvline(budget_s / 60, color="grey", linestyle="--", label="search share of the budget")
-    ax.set_xlabel("search wall clock (minutes)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("headline_cnn: full CIFAR-10, 2-core CPU")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": study.user_attrs.get("hpo_settings"),
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, args.out.with_suffix(".png"), (args.budget_minutes - args.final_minutes) * 60)
+    plot(rows, args.out.with_suffix(".png"), (args.budget_minutes - args.final_minutes) * 60,
+         "headline_cnn: full CIFAR-10, 2-core CPU")
     print(f"test accuracy {result['test_accuracy']:.4f} after {total / 60:.1f} min in all "
           f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}); {args.out}")
     return 0

@@ -1,0 +1,120 @@
+"""What the headline benchmarks share: resumable phases under a wall budget, every step an `hpo` command.
+
+headline_cnn.py and headline_inception.py run the service as a user does (each step a recorded `hpo`
+command); the study lives in a SQLite file under a state folder outside the clone and the wall clock spent
+per phase in a state file beside it, so the same command continues where a stopped run left off.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class State:
+    """Seconds spent per phase and what each phase produced, kept beside the study (resumable runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"seconds": {}, "commands": []}
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.data["seconds"][phase] = round(self.data["seconds"].get(phase, 0.0) + seconds, 1)
+        self.save()
+
+    def seconds(self, phase: str) -> float:
+        return float(self.data["seconds"].get(phase, 0.0))
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+
+def hpo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cifar_hpo.search.cli", *args]
+
+
+def shown(command: list[str], data: str) -> str:
+    """The command as a user types it (hpo ..., the data folder as DIR)."""
+    words = ["hpo", *command[3:]] if command[:3] == hpo() else command
+    return " ".join(w.replace(str(Path(data).parent), "DIR") for w in words)
+
+
+def run_until(command: list[str], deadline_s: float, log: Path, state: State, phase: str) -> int:
+    """Run ``command``; SIGTERM it at the deadline (the running trial is marked FAIL). The phase's seconds are
+    added to the state every 30 s, so a run stopped from outside (a session's end) still counts its time."""
+    counted = 0.0
+    start = time.monotonic()
+    with open(log, "a") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        while proc.poll() is None:
+            elapsed = time.monotonic() - start
+            if elapsed >= max(1.0, deadline_s):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=300)
+                break
+            try:
+                proc.wait(timeout=min(30.0, max(1.0, deadline_s) - elapsed))
+            except subprocess.TimeoutExpired:
+                pass
+            state.add_seconds(phase, time.monotonic() - start - counted)
+            counted = time.monotonic() - start
+    state.add_seconds(phase, time.monotonic() - start - counted)
+    return proc.returncode
+
+
+def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=url)
+    start = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
+    rows = []
+    for t in study.trials:
+        attrs = t.user_attrs
+        done = t.datetime_complete
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "prior": attrs.get("prior"),
+            "baseline": bool(attrs.get("baseline")), "params": t.params, "epochs_run": attrs.get("epochs_run"),
+            "val_accuracy_per_epoch": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
+            "fit_seconds": attrs.get("fit_seconds"), "wall_seconds": attrs.get("wall_seconds"),
+            "train_images_per_s": attrs.get("train_images_per_s"), "n_params": attrs.get("params"),
+            "precision": attrs.get("precision"), "cache_fill_seconds": attrs.get("cache_fill_seconds"),
+            "finished_after_s": round((done - start).total_seconds(), 1) if done and start else None,
+        })
+    return rows, study
+
+
+def plot(rows: list[dict[str, Any]], path: Path, budget_s: float, title: str) -> None:
+    """Best validation accuracy so far against the search's wall clock (each point: a trial finishing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((r["finished_after_s"], max(r["val_accuracy_per_epoch"] or [0.0])) for r in rows
+                    if r["finished_after_s"] is not None and r["state"] in ("COMPLETE", "PRUNED"))
+    best, xs, ys = 0.0, [], []
+    for seconds, value in points:
+        best = max(best, value)
+        xs.append(seconds / 60)
+        ys.append(best)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.step(xs, ys, where="post", label="best validation accuracy so far")
+    ax.scatter([p[0] / 60 for p in points], [p[1] for p in points], s=12, alpha=0.5, label="each finished trial")
+    ax.axvline(budget_s / 60, color="grey", linestyle="--", label="search share of the budget")
+    ax.set_xlabel("search wall clock (minutes)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
