@@ -12,9 +12,14 @@ worst an unlinked file (a ``.partial-*`` name or an artifact no trial points to)
 or partial file.
 
 Keeping the top K: after each upload, the models of complete trials that fell out of the top K by validation
-value (and of trials that failed after uploading) are removed from the store. Optuna has no public API that
-deletes a trial's system attr (nor may a finished trial be written to), so the link stays; the removal is
-marked in a study user attr (REMOVED_MODEL_PREFIX + artifact id) that every reader here checks.
+value (and of trials that failed after uploading) are removed from the store. The removal is first marked in a
+study user attr (REMOVED_MODEL_PREFIX + artifact id) that every reader here checks; then, on a database
+storage, the trial's link itself is deleted, so optuna-dashboard no longer lists a model it cannot serve.
+Optuna has no API that deletes a trial's system attr (nor may a finished trial be written to), so that one
+row is deleted through Optuna's own schema model; through the gRPC proxy the marked link stays.
+
+A writer killed mid-upload leaves a ``.partial-*`` file under no link; a keeper starting on the store removes
+those older than PARTIAL_MAX_AGE_S (a younger one may be another worker's upload in progress).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterable, Mapping, Sequence
 
@@ -39,6 +45,9 @@ _logger = logging.getLogger(__name__)
 
 ARTIFACTS_SUFFIX = "-artifacts"
 PARTIAL_PREFIX = ".partial-"
+PARTIAL_MAX_AGE_S = 3600.0
+# The trial system attr prefix under which optuna.artifacts links an artifact (optuna/artifacts/_upload.py).
+ARTIFACT_LINK_PREFIX = "artifacts:"
 
 
 def default_artifact_dir(url: str) -> Path | None:
@@ -107,6 +116,19 @@ class ModelStore(FileSystemArtifactStore):
 
     def file(self, artifact_id: str) -> Path:
         return self._get_filepath(artifact_id)
+
+    def remove_stale_partials(self, max_age_s: float = PARTIAL_MAX_AGE_S) -> list[Path]:
+        """Delete ``.partial-*`` files of writers that died (older than ``max_age_s``); returns them."""
+        removed = []
+        cutoff = time.time() - max_age_s
+        for path in self.path.glob(f"{PARTIAL_PREFIX}*") if self.path.is_dir() else []:
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # another keeper removed it first
+                pass
+        return removed
 
 
 class UnionStore:
@@ -223,9 +245,26 @@ def drop_models(study: optuna.Study, store: ModelStore, keep: int, current: tupl
     for trial in models_to_drop(trials, removed_models(study.user_attrs), keep, current):
         artifact_id = trial.user_attrs[MODEL_ARTIFACT_ATTR]
         study.set_user_attr(REMOVED_MODEL_PREFIX + artifact_id, trial.number)
+        delete_link(study, trial._trial_id, artifact_id)
         store.remove(artifact_id)
         dropped.append(trial.number)
     return dropped
+
+
+def delete_link(study: optuna.Study, trial_id: int, artifact_id: str) -> bool:
+    """Delete a finished trial's link to ``artifact_id`` on a database storage; False where it cannot (the
+    removal marker then stands alone)."""
+    storage = rdb_storage(study)
+    if storage is None:
+        return False
+    import sqlalchemy
+    from optuna.storages._rdb.models import TrialSystemAttributeModel  # no public API deletes a trial attr
+
+    model = TrialSystemAttributeModel
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.delete(model).where(model.trial_id == trial_id,
+                                                    model.key == ARTIFACT_LINK_PREFIX + artifact_id))
+    return True
 
 
 def kept_model(trial: FrozenTrial, user_attrs: Mapping[str, Any], store: ModelStore | None) -> str | None:
@@ -263,7 +302,12 @@ def keeper_for(study: optuna.Study, artifacts: str | None, keep: int) -> ModelKe
     if keep <= 0:
         return None
     store = store_for(artifacts, study_url(study))
-    return None if store is None else ModelKeeper(store, keep)
+    if store is None:
+        return None
+    stale = store.remove_stale_partials()
+    if stale:
+        _logger.info("removed %d half-written model file(s) of killed workers from %s", len(stale), store.path)
+    return ModelKeeper(store, keep)
 
 
 def storage_artifact_store(storage: Any, url: str, extra: str | None = None) -> UnionStore | None:

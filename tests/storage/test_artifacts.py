@@ -161,10 +161,30 @@ def test_drop_models_removes_files_and_marks_the_links(tmp_path: Path) -> None:
     assert kept == {1, 3}  # 0.7 and 0.8
     assert sorted(p.name for p in store.path.iterdir()) == sorted([ids[1], ids[3]])
     assert removed_models(study.user_attrs) == {ids[0], ids[2]}
-    # Optuna offers no public way to delete the links: they stay, marked removed, and point to no file.
-    links = linked_files(study, store)
-    assert all(len(links[n]) == 1 for n in range(4)) and not links[0][0].exists()
+    # The removed models' links are gone too (a fresh read, as optuna-dashboard lists them): every link that
+    # is left points to a file that exists.
+    fresh = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    links = linked_files(fresh, store)
+    assert {n: len(paths) for n, paths in links.items()} == {0: 0, 1: 1, 2: 0, 3: 1}
+    assert all(p.is_file() for paths in links.values() for p in paths)
     assert drop_models(study, store, keep=2) == []  # nothing more to drop
+
+
+def test_a_starting_keeper_removes_old_half_written_files_only(tmp_path: Path) -> None:
+    from cifar_hpo.storage.artifacts import PARTIAL_MAX_AGE_S, keeper_for
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=make_storage(url), direction="maximize")
+    store = tmp_path / "store"
+    store.mkdir()
+    old, young, model = store / f"{PARTIAL_PREFIX}a-1", store / f"{PARTIAL_PREFIX}b-2", store / "c"
+    for path in (old, young, model):
+        path.write_bytes(b"x")
+    an_hour_ago = time.time() - PARTIAL_MAX_AGE_S - 60
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(model, (an_hour_ago, an_hour_ago))
+    assert keeper_for(study, str(store), keep=2) is not None
+    assert sorted(p.name for p in store.iterdir()) == sorted([young.name, model.name])
 
 
 def test_union_store_serves_each_studys_folder(tmp_path: Path) -> None:

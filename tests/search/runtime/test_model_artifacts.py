@@ -68,7 +68,11 @@ def test_complete_trials_upload_and_only_the_top_k_stay(tmp_path: Path, tiny_npz
         if t.state == TrialState.PRUNED:
             assert get_all_artifact_meta(t, storage=study._storage) == []
     assert sorted(p.name for p in store.path.iterdir()) == sorted([with_model[2], with_model[4]])  # 0.5 and 0.6
-    assert removed_models(study.user_attrs) == {with_model[0], with_model[3]}  # their links stay, marked
+    assert removed_models(study.user_attrs) == {with_model[0], with_model[3]}  # marked removed
+    reader = optuna.load_study(study_name=study.study_name, storage=sqlite_url(tmp_path))  # as the dashboard reads
+    fresh = {t.number: t for t in reader.trials}
+    linked = {n: [m.artifact_id for m in get_all_artifact_meta(fresh[n], storage=reader._storage)] for n in with_model}
+    assert linked == {0: [], 2: [with_model[2]], 3: [], 4: [with_model[4]]}  # and their links are gone
     model = keras.models.load_model(_copy_as_keras(store.file(with_model[4]), tmp_path))
     assert model.output_shape == (None, 10)
 
