@@ -18,7 +18,8 @@ DEFAULT_RECYCLE_AFTER = 5
 # The storage URL when --storage is left out: a URL with a password stays off the command line, where `ps`
 # shows it to every user (hpo launch hands it to its workers this way too).
 STORAGE_ENV = "HPO_STORAGE"
-STORAGE_HELP = (f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default: ${STORAGE_ENV}, else "
+STORAGE_HELP = (f"sqlite:///FILE, postgresql://USER[:PASSWORD]@HOST:PORT/DB, or grpc://HOST:PORT (a running hpo "
+                f"storage-proxy, for many workers) (default: ${STORAGE_ENV}, else "
                 f"{DEFAULT_URL}, relative to the working directory); keep a password out of the command line "
                 f"with ${STORAGE_ENV}, PGPASSWORD or ~/.pgpass")
 
