@@ -123,8 +123,8 @@ def artifacts_note(opened: Any, url: str) -> str | None:
     settings = opened.settings
     if settings.keep_models == 0 or is_memory(url) or artifact_dir(settings.artifacts, url) is not None:
         return None
-    return ("trial models are not kept: on PostgreSQL pass --artifacts DIR (a folder every worker can reach), "
-            "or --keep-models 0 to silence this")
+    return ("trial models are not kept: on PostgreSQL or a storage proxy pass --artifacts DIR (a folder every "
+            "worker can reach), or --keep-models 0 to silence this")
 
 
 def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:

@@ -27,7 +27,7 @@ from cifar_hpo.storage import make_storage, mask_url
 from cifar_hpo.storage.attrs import LIVENESS_ATTR
 from cifar_hpo.storage.liveness import LivenessWatch
 from cifar_hpo.storage.urls import normalize_url
-from hpo_testkit import ROOT, make_study
+from hpo_testkit import ROOT, SMALL_CNN, create_tiny_study, make_study, make_trial
 
 pytest.importorskip("grpc")
 
@@ -347,6 +347,20 @@ def test_studies_report_and_dashboard_read_through_the_proxy(tmp_path, proxied_s
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+def test_launch_and_its_workers_join_a_study_through_the_proxy(tmp_path, tiny_npz, proxied_sqlite, capsys):
+    """hpo launch hands grpc:// to its `hpo worker` processes and their trial processes; the study's budget is
+    met already, so they open, check it and stop without training."""
+    study = create_tiny_study(proxied_sqlite.url, "s", tiny_npz, n_trials=2)
+    for curve in ([0.3, 0.4], [0.2, 0.5]):
+        study.add_trial(make_trial(dict(SMALL_CNN), curve))
+    rc = main(["launch", "--study", "s", "--storage", proxied_sqlite.url, "--workers", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"study s in {proxied_sqlite.url}: starting 2 workers" in captured.err
+    assert "2 finished (2 complete, 0 pruned)" in captured.out
+    assert "on PostgreSQL or a storage proxy pass --artifacts" in captured.err
 
 
 @pytest.fixture
