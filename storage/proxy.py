@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import urllib.parse
 import warnings
@@ -55,7 +56,11 @@ REPEATABLE = frozenset((
     "SetTrialUserAttribute", "SetTrialSystemAttribute",
 ))
 
+STOPPING_WAIT_S = 2.0  # a process that is stopping (Ctrl-C, SIGTERM) waits no longer for a proxy that is gone
+CONNECT_STEP_S = 0.25  # waits for a connection in steps this long (Ctrl-C gets through between them)
+
 _open_wait_s = OPEN_WAIT_S
+_stopping: Callable[[], bool] = lambda: False
 
 
 def is_proxy_url(url: str) -> bool:
@@ -93,6 +98,14 @@ def open_patiently() -> None:
     _open_wait_s = OUTAGE_WAIT_S
 
 
+def stop_waiting_when(stopping: Callable[[], bool]) -> None:
+    """Once ``stopping()`` is true (the process was told to stop), calls wait STOPPING_WAIT_S at most for an
+    unreachable proxy: a stopping worker's last writes (its trial marked FAIL) are tried, not waited for;
+    the liveness watch of the other workers fails and retries the trial if they do not land."""
+    global _stopping
+    _stopping = stopping
+
+
 def import_grpc() -> Any:
     """The grpc module, once Optuna's generated code accepts the installed grpcio and protobuf; StorageError
     (one line, with the install command) when they are missing or too old."""
@@ -114,8 +127,32 @@ class PatientStub:
     itself becomes ProxyError; Optuna's own answers (NOT_FOUND, ALREADY_EXISTS, ...) pass unchanged to
     GrpcStorageProxy, which turns them into KeyError, DuplicatedStudyError, ..."""
 
-    def __init__(self, stub: Any, url: str, wait_s: float) -> None:
-        self._stub, self._url, self._wait_s = stub, url, wait_s
+    def __init__(self, stub: Any, channel: Any, url: str, wait_s: float) -> None:
+        self._stub, self._channel, self._url, self._wait_s = stub, channel, url, wait_s
+        self._connected = threading.Event()
+        channel.subscribe(self._on_connectivity)
+
+    def _on_connectivity(self, state: Any) -> None:
+        (self._connected.set if state == import_grpc().ChannelConnectivity.READY else self._connected.clear)()
+
+    def wait_connected(self, seconds: float) -> bool:
+        """Whether the proxy is connected within ``seconds`` (STOPPING_WAIT_S once this process is stopping).
+
+        Waits in short steps: Ctrl-C gets through between them (a gRPC future's wait holds it back), and a
+        process that is stopping gives up soon, leaving its trial to the liveness watch of other workers."""
+        grpc = import_grpc()
+        started = time.monotonic()
+        while not self._connected.is_set():
+            limit = min(seconds, STOPPING_WAIT_S) if _stopping() else seconds
+            if time.monotonic() - started >= limit:
+                return False
+            ready = grpc.channel_ready_future(self._channel)  # also asks the channel to connect
+            try:
+                ready.result(timeout=CONNECT_STEP_S)
+                return True
+            except grpc.FutureTimeoutError:
+                ready.cancel()
+        return True
 
     def __getattr__(self, name: str) -> Callable[[Any], Any]:
         method = getattr(self._stub, name)
@@ -123,17 +160,21 @@ class PatientStub:
 
     def _call(self, name: str, method: Any, request: Any) -> Any:
         grpc = import_grpc()
-        deadline = time.monotonic() + self._wait_s
+        started = time.monotonic()
+        deadline = started + self._wait_s
         pause = 0.2
         while True:
+            if not self.wait_connected(deadline - time.monotonic()):
+                raise ProxyError(f"no answer from the storage proxy at {self._url} for "
+                                 f"{time.monotonic() - started:.0f} s; is `hpo storage-proxy` running there?")
             try:
                 # the blocking call, not .future(): only it lets Ctrl-C through while it waits
                 return method(request, timeout=max(0.1, deadline - time.monotonic()), wait_for_ready=True)
             except grpc.RpcError as err:
                 code = err.code()
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ProxyError(f"storage proxy {self._url} did not answer for {self._wait_s:g} s; is "
-                                     "`hpo storage-proxy` running there?") from None
+                    raise ProxyError(f"no answer from the storage proxy at {self._url} for {self._wait_s:g} s "
+                                     f"(during {name})") from None
                 if code != grpc.StatusCode.UNAVAILABLE:
                     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED,
                                 grpc.StatusCode.RESOURCE_EXHAUSTED):  # the proxy's storage raised, or gRPC failed
@@ -174,17 +215,15 @@ class ProxyStorage(LivenessHeartbeat, optuna.storages.GrpcStorageProxy):
 
         grpc = import_grpc()
         self._channel = grpc.insecure_channel(format_address(self._host, self._port), options=CHANNEL_OPTIONS)
-        self._stub = PatientStub(api_pb2_grpc.StorageServiceStub(self._channel), self.url, self._wait_s)
+        self._stub = PatientStub(api_pb2_grpc.StorageServiceStub(self._channel), self._channel, self.url,
+                                 self._wait_s)
         self._cache = GrpcClientCache(self._stub)
 
     def wait_until_reachable(self, seconds: float) -> None:
-        grpc = import_grpc()
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=seconds)
-        except grpc.FutureTimeoutError:
+        if not self._stub.wait_connected(seconds):
             self.close()
             raise StorageError(f"no storage proxy answers at {self.url} (waited {seconds:g} s); start it with "
-                               "`hpo storage-proxy --storage URL`, or check the address") from None
+                               "`hpo storage-proxy --storage URL`, or check the address")
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         return super().create_new_trial(study_id, template_trial or self.liveness_template())
@@ -221,6 +260,22 @@ def connect(url: str, *, heartbeat_interval: int, grace_period: float,
     return storage
 
 
+class ProxyTrialCache(optuna.storages._CachedStorage):  # no public API: Optuna's trial cache, one call mended
+    """Optuna's in-process trial cache for the proxy's database, also for trials it has not seen.
+
+    A restarted proxy starts with an empty cache while its workers go on with trials the previous proxy
+    process created; Optuna's cache answers set_trial_param for such a trial with KeyError (the worker's
+    trial would fail). The database's own, uncached path takes it instead."""
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: optuna.distributions.BaseDistribution) -> None:
+        try:
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        except KeyError:  # raised by the cache lookup, before anything is written
+            # no public API reaches the storage under Optuna's cache
+            self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+
 @dataclass
 class ProxyServer:
     server: Any
@@ -255,7 +310,8 @@ def start_server(storage: optuna.storages.BaseStorage, host: str = DEFAULT_HOST,
 
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="storage-proxy"),
                          options=[("grpc.so_reuseport", 0)])
-    backend = optuna.storages.get_storage(storage)  # RDB storages get Optuna's trial cache, as Optuna advises
+    # RDB storages get Optuna's trial cache, as Optuna advises for the proxy
+    backend = ProxyTrialCache(storage) if isinstance(storage, optuna.storages.RDBStorage) else storage
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(backend), server)
     try:
         bound = server.add_insecure_port(format_address(host, port))
