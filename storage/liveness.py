@@ -87,9 +87,9 @@ class LivenessHeartbeat(BaseHeartbeat):
 
     def init_liveness(self, heartbeat_interval: int, grace_period: float,
                       heartbeat_stale_trial_callback: StaleTrialCallback | None) -> None:
-        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_interval, self._grace_period = heartbeat_interval, grace_period
         self._stale_callback = RetryWithoutLiveness(heartbeat_stale_trial_callback)
-        self._watch = LivenessWatch(heartbeat_interval, grace_period)
+        self._watches: dict[int, LivenessWatch] = {}  # one per study: each look sees one study's trials
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Failures are logged, not raised: raised, they would end Optuna's heartbeat thread with a traceback
@@ -103,7 +103,10 @@ class LivenessHeartbeat(BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return self._watch.stale(running)
+        watch = self._watches.get(study_id)
+        if watch is None:  # setdefault: the reaper thread and the budget wait may come here at once
+            watch = self._watches.setdefault(study_id, LivenessWatch(self._heartbeat_interval, self._grace_period))
+        return watch.stale(running)
 
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval
