@@ -7,11 +7,11 @@ SO_REUSEPORT: a second proxy on the same port is an error, not a silent twin). I
 and no TLS: anyone who reaches the port can read, change and delete every study.
 
 Client (``grpc://HOST:PORT`` as a storage URL): Optuna's GrpcStorageProxy, made patient and given a
-heartbeat. Patient: every call waits for an unreachable proxy (gRPC wait_for_ready) up to OUTAGE_WAIT_S,
-so workers ride out a proxy restart; a call cut off mid-way (the proxy died while answering) is repeated
-when repeating is harmless, and otherwise settled by reading back what the database holds. Opening waits
-only OPEN_WAIT_S, so a wrong address is one line within seconds. Heartbeat: the proxy has no heartbeat
-call, so trials carry a liveness attr instead (storage/liveness.py).
+heartbeat. Patient: every call waits for an unreachable proxy up to OUTAGE_WAIT_S, so workers ride out a
+proxy restart; a call cut off mid-way (the proxy died while answering) is repeated when repeating is
+harmless, and otherwise settled by reading back what the database holds. Opening waits only OPEN_WAIT_S,
+so a wrong address is one line within seconds, and a process told to stop waits STOPPING_WAIT_S at most.
+Heartbeat: the proxy has no heartbeat call, so trials carry a liveness attr instead (storage/liveness.py).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ CONNECT_STEP_S = 0.25  # waits for a connection in steps this long (Ctrl-C gets 
 
 _open_wait_s = OPEN_WAIT_S
 _stopping: Callable[[], bool] = lambda: False
+_stopping_since: float | None = None
 
 
 def is_proxy_url(url: str) -> bool:
@@ -99,11 +100,21 @@ def open_patiently() -> None:
 
 
 def stop_waiting_when(stopping: Callable[[], bool]) -> None:
-    """Once ``stopping()`` is true (the process was told to stop), calls wait STOPPING_WAIT_S at most for an
-    unreachable proxy: a stopping worker's last writes (its trial marked FAIL) are tried, not waited for;
+    """Once ``stopping()`` is true (the process was told to stop), its calls wait STOPPING_WAIT_S in all for
+    an unreachable proxy: a stopping worker's last writes (its trial marked FAIL) are tried, not waited for;
     the liveness watch of the other workers fails and retries the trial if they do not land."""
     global _stopping
     _stopping = stopping
+
+
+def _stop_deadline() -> float:
+    """When a stopping process stops waiting for the proxy (infinity while it is not stopping)."""
+    global _stopping_since
+    if not _stopping():
+        return float("inf")
+    if _stopping_since is None:
+        _stopping_since = time.monotonic()
+    return _stopping_since + STOPPING_WAIT_S
 
 
 def import_grpc() -> Any:
@@ -141,10 +152,9 @@ class PatientStub:
         Waits in short steps: Ctrl-C gets through between them (a gRPC future's wait holds it back), and a
         process that is stopping gives up soon, leaving its trial to the liveness watch of other workers."""
         grpc = import_grpc()
-        started = time.monotonic()
+        deadline = time.monotonic() + seconds
         while not self._connected.is_set():
-            limit = min(seconds, STOPPING_WAIT_S) if _stopping() else seconds
-            if time.monotonic() - started >= limit:
+            if time.monotonic() >= min(deadline, _stop_deadline()):
                 return False
             ready = grpc.channel_ready_future(self._channel)  # also asks the channel to connect
             try:
@@ -190,8 +200,8 @@ class PatientStub:
 
 
 def _details(err: Any) -> str:
-    lines = (err.details() or str(err.code())).strip().splitlines()
-    return lines[-1] if lines else str(err.code())  # a server-side exception's last line names it
+    lines = (err.details() or "").strip().splitlines()
+    return lines[0] if lines else str(err.code())  # "Exception calling application: <the storage's error>"
 
 
 class ProxyStorage(LivenessHeartbeat, optuna.storages.GrpcStorageProxy):

@@ -166,6 +166,8 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 _fail_trials(study, [getattr(study.sampler, "last_trial_number", None)])
                 raise
             except Exception as err:
+                if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
+                    raise KeyboardInterrupt from None
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)
