@@ -11,3 +11,6 @@ MODEL_ARTIFACT_ATTR = "model_artifact"  # the artifact id of the trial's trained
 # Study user attrs, one per removed model: REMOVED_MODEL_PREFIX + artifact id -> trial number. The trial's
 # artifact link cannot be deleted (no public API), so this marks it as pointing to a removed file.
 REMOVED_MODEL_PREFIX = "hpo_model_removed:"
+# Trial system attr: the worker's wall-clock time, rewritten every heartbeat interval by workers on a storage
+# without Optuna's native heartbeat (the gRPC proxy); compared only for change (storage/liveness.py).
+LIVENESS_ATTR = "hpo_liveness"

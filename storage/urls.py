@@ -6,6 +6,7 @@ mid-transaction, and SQLite answers that with an immediate "database is locked" 
 PostgreSQL: ``pool_pre_ping`` (connections the server dropped are replaced at checkout), a small pool,
 and retries of calls that failed on a dropped connection.
 Every RDB storage gets heartbeats, and stale trials (a killed worker) are failed and re-queued.
+grpc://HOST:PORT: Optuna's storage proxy (storage/proxy.py), with a liveness attr in place of heartbeats.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from cifar_hpo.storage import proxy
 from cifar_hpo.storage.errors import StorageError
 
 _logger = logging.getLogger(__name__)
@@ -82,12 +84,15 @@ def normalize_url(url: str) -> str:
     """Resolve relative SQLite paths, so every process and message names the same file; check the URL."""
     if is_memory(url):
         return MEMORY_URL
+    if proxy.is_proxy_url(url):
+        return proxy.normalize_proxy_url(url)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. an unencoded ':' or '@' in the password
         raise StorageError(
             f"storage URL {mask_url(url)!r} is not a database URL; use sqlite:///hpo.db or "
-            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode / : @ in a password, or set PGPASSWORD)"
+            "postgresql://USER[:PASSWORD]@HOST:PORT/DB (percent-encode / : @ in a password, or set PGPASSWORD), "
+            "or grpc://HOST:PORT (hpo storage-proxy)"
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -101,7 +106,7 @@ def normalize_url(url: str) -> str:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         return parsed.render_as_string(hide_password=False)
-    raise StorageError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    raise StorageError(f"storage URL {mask_url(url)!r}: unsupported database {backend!r}; use sqlite, postgresql or grpc")
 
 
 class SqliteConnect:
@@ -330,6 +335,8 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
     # Optuna types grace_period as int but only uses it in a timedelta, so 1.5 intervals is kept exact.
     common: dict[str, Any] = dict(heartbeat_interval=heartbeat_interval, grace_period=stale_grace_seconds(heartbeat_interval),
                                   heartbeat_stale_trial_callback=retry)
+    if proxy.is_proxy_url(url):  # the proxy's own storage holds the database settings below
+        return proxy.connect(url, **common)
     path = sqlite_path(url)
     if path is not None and not create and not path.exists():
         raise StorageError(f"SQLite storage {str(path)!r} does not exist; check --storage")

@@ -11,7 +11,7 @@ from cifar_hpo.search.errors import CONFIGURATION_ERRORS, ExitCode
 from cifar_hpo.search.runtime.quiet import quiet_libraries
 
 # Each command module offers register(subparsers); imported eagerly (they are light: no TensorFlow).
-COMMANDS = ("search", "worker", "launch", "studies", "report", "dashboard", "cache")
+COMMANDS = ("search", "worker", "launch", "studies", "report", "dashboard", "storage_proxy", "cache")
 # Commands that run trials: an interrupt marks the trial they were running FAIL.
 TRIAL_COMMANDS = ("search", "worker", "launch")
 

@@ -20,7 +20,8 @@ DEFAULT_RECYCLE_AFTER = 5
 # The storage URL when --storage is left out: a URL with a password stays off the command line, where `ps`
 # shows it to every user (hpo launch hands it to its workers this way too).
 STORAGE_ENV = "HPO_STORAGE"
-STORAGE_HELP = (f"sqlite:///FILE or postgresql://USER[:PASSWORD]@HOST:PORT/DB (default: ${STORAGE_ENV}, else "
+STORAGE_HELP = (f"sqlite:///FILE, postgresql://USER[:PASSWORD]@HOST:PORT/DB, or grpc://HOST:PORT (a running hpo "
+                f"storage-proxy, for many workers) (default: ${STORAGE_ENV}, else "
                 f"{DEFAULT_URL}, relative to the working directory); keep a password out of the command line "
                 f"with ${STORAGE_ENV}, PGPASSWORD or ~/.pgpass")
 
@@ -138,8 +139,8 @@ def artifacts_note(opened: Any, url: str) -> str | None:
     settings = opened.settings
     if settings.keep_models == 0 or is_memory(url) or artifact_dir(settings.artifacts, url) is not None:
         return None
-    return ("trial models are not kept: on PostgreSQL pass --artifacts DIR (a folder every worker can reach), "
-            "or --keep-models 0 to silence this")
+    return ("trial models are not kept: on PostgreSQL or a storage proxy pass --artifacts DIR (a folder every "
+            "worker can reach), or --keep-models 0 to silence this")
 
 
 def budget(args: argparse.Namespace, stored_n_trials: int | None) -> int | None:

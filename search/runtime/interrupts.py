@@ -22,6 +22,9 @@ _interrupted = False
 
 def interrupt_once() -> None:
     """Make SIGINT and SIGTERM raise KeyboardInterrupt once in this process; later ones do nothing."""
+    from cifar_hpo.storage.proxy import stop_waiting_when
+
+    stop_waiting_when(interrupted)  # a stopping process does not wait minutes for a storage proxy that is gone
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_once)
     if hasattr(signal, "pthread_sigmask"):  # POSIX

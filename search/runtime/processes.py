@@ -73,7 +73,9 @@ def _run_child(job: ChildJob) -> int:
     from cifar_hpo.search.runtime.threads import limit_cpu_threads
     from cifar_hpo.search.study_setup import open_hpo_study
     from cifar_hpo.search.runtime.worker import MAX_CONSECUTIVE_FAILURES, run_worker
+    from cifar_hpo.storage.proxy import open_patiently
 
+    open_patiently()  # the worker reached the storage already: a proxy down now is restarting, not misaddressed
     try:
         limit_cpu_threads(job.threads)
         opened = open_hpo_study(job.url, job.study, None, heartbeat_interval=job.heartbeat,

@@ -98,6 +98,8 @@ def quiet_libraries(verbose: bool | None = None) -> None:
         os.environ[VERBOSE_ENV] = "1"
     else:
         quiet_tensorflow()
+        # gRPC's C core logs errors it also raises (e.g. a port in use), which hpo reports in one line itself
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial INFO lines

@@ -1,8 +1,9 @@
 """The worker loop: run trials of one study until the study-wide budget of finished trials is reached.
 
 Finished means COMPLETE or PRUNED. A trial of a killed worker stays RUNNING until its heartbeat goes
-stale; it is then failed and re-queued (storage/urls.py), so workers wait for running trials instead of
-stopping early, and pick the retry up when it appears.
+stale (Optuna's native one on an RDB storage, a liveness attr through the storage proxy: storage/liveness.py);
+it is then failed and re-queued (storage/urls.py), so workers wait for running trials instead of stopping
+early, and pick the retry up when it appears.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cifar_hpo.search.errors import SearchStopped
 from cifar_hpo.search.runtime.interrupts import interrupted
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.counting import count_study_trials, rdb_storage
+from cifar_hpo.storage.liveness import heartbeat_interval
 from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
 
 _logger = logging.getLogger(__name__)
@@ -51,13 +53,8 @@ def _active_before(trial: optuna.trial.Trial) -> int:
     return counts.finished + counts.running
 
 
-def _heartbeat_interval(study: optuna.Study) -> int | None:
-    storage = rdb_storage(study)  # heartbeats need an RDB storage
-    return storage.get_heartbeat_interval() if storage is not None else None
-
-
 def _fail_stale(study: optuna.Study) -> None:
-    if _heartbeat_interval(study):
+    if heartbeat_interval(study):
         optuna.storages.fail_stale_trials(study)
 
 
@@ -68,9 +65,10 @@ def stale_trial_reaper(study: optuna.Study):
     Optuna only looks when a worker starts a trial; with long trials a dead worker's trial would wait
     that long to be failed and re-queued. Checking four times an interval keeps the time from a kill to
     FAIL within 1.75 intervals (storage.urls.STALE_AFTER_INTERVALS + 1/4); the check is one indexed query
-    on the study's running trials. Failing is race-safe: Optuna lets one process win.
+    on the study's running trials (through the proxy: one read of them). Failing is race-safe: Optuna lets
+    one process win.
     """
-    interval = _heartbeat_interval(study)
+    interval = heartbeat_interval(study)
     if not interval:
         yield
         return
@@ -168,6 +166,8 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 _fail_trials(study, [getattr(study.sampler, "last_trial_number", None)])
                 raise
             except Exception as err:
+                if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
+                    raise KeyboardInterrupt from None
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)
