@@ -86,35 +86,49 @@ def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:
             "fit_seconds": attrs.get("fit_seconds"), "wall_seconds": attrs.get("wall_seconds"),
             "train_images_per_s": attrs.get("train_images_per_s"), "n_params": attrs.get("params"),
             "precision": attrs.get("precision"), "cache_fill_seconds": attrs.get("cache_fill_seconds"),
+            "started_after_s": round((t.datetime_start - start).total_seconds(), 1) if t.datetime_start and start else None,
             "finished_after_s": round((done - start).total_seconds(), 1) if done and start else None,
         })
     return rows, study
 
 
-def plot(rows: list[dict[str, Any]], path: Path, budget_s: float, title: str) -> None:
-    """Best validation accuracy so far against the search's wall clock (each point: a trial finishing)."""
+def plot(rows: list[dict[str, Any]], path: Path, budget_s: float, title: str,
+         final: dict[str, Any] | None = None) -> None:
+    """Where the time went: each trial's validation accuracy per epoch over its span of the search's wall clock
+    (epochs spread evenly), the best finished trial so far, and the final training after the search."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        curve, begin, end = r["val_accuracy_per_epoch"], r.get("started_after_s"), r["finished_after_s"]
+        if not curve or begin is None or end is None:
+            continue
+        step = (end - begin) / len(curve)
+        label = f"trial {r['number']}" + (f" ({r['prior']})" if r["prior"] else "") + f", {r['state'].lower()}"
+        ax.plot([(begin + step * (i + 1)) / 60 for i in range(len(curve))], curve, marker=".", label=label)
     points = sorted((r["finished_after_s"], max(r["val_accuracy_per_epoch"] or [0.0])) for r in rows
-                    if r["finished_after_s"] is not None and r["state"] in ("COMPLETE", "PRUNED"))
+                    if r["finished_after_s"] is not None and r["state"] == "COMPLETE")
     best, xs, ys = 0.0, [], []
     for seconds, value in points:
         best = max(best, value)
         xs.append(seconds / 60)
         ys.append(best)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.step(xs, ys, where="post", label="best validation accuracy so far")
-    ax.scatter([p[0] / 60 for p in points], [p[1] for p in points], s=12, alpha=0.5, label="each finished trial")
-    ax.axvline(budget_s / 60, color="grey", linestyle="--", label="search share of the budget")
-    ax.set_xlabel("search wall clock (minutes)")
+    if xs:
+        ax.step(xs + [budget_s / 60], ys + ys[-1:], where="post", color="black", linewidth=1,
+                label="best finished trial so far")
+    history = (final or {}).get("history", {}).get("val_accuracy")
+    if history:
+        per_epoch = final["fit_seconds"] / len(history)
+        ax.plot([(budget_s + per_epoch * (i + 1)) / 60 for i in range(len(history))], history, marker=".",
+                color="tab:red", label=f"final training ({len(history)} epochs, trial {final['trial']})")
+    ax.axvline(budget_s / 60, color="grey", linestyle="--", label="end of the search's share")
+    ax.set_xlabel("wall clock (minutes)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, args.out.with_suffix(".png"), (args.budget_minutes - args.final_minutes) * 60,
-         "headline_cnn: full CIFAR-10, 2-core CPU")
+         "headline_cnn: full CIFAR-10, 2-core CPU", final=state.data["final"])
     print(f"test accuracy {result['test_accuracy']:.4f} after {total / 60:.1f} min in all "
           f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}); {args.out}")
     return 0
