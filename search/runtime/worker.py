@@ -30,6 +30,7 @@ STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.Operati
 MAX_STORAGE_ERRORS = 10
 MAX_CONSECUTIVE_FAILURES = 5
 REAPER_CHECKS_PER_INTERVAL = 4
+REAPER_THREAD_NAME = "stale-trial-reaper"
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def stale_trial_reaper(study: optuna.Study):
             except Exception as err:  # a storage hiccup must not kill the worker; the next round retries
                 _logger.warning("could not check for stale trials: %s", err)
 
-    thread = threading.Thread(target=loop, name="stale-trial-reaper", daemon=True)
+    thread = threading.Thread(target=loop, name=REAPER_THREAD_NAME, daemon=True)
     thread.start()
     try:
         yield
