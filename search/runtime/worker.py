@@ -22,7 +22,7 @@ from cifar_hpo.search.errors import SearchStopped
 from cifar_hpo.search.runtime.interrupts import interrupted
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.counting import count_study_trials, rdb_storage
-from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
+from cifar_hpo.storage.urls import ResilientRDBStorage, database_message, mask_url, storage_fault
 
 _logger = logging.getLogger(__name__)
 
@@ -92,6 +92,21 @@ def stale_trial_reaper(study: optuna.Study):
         stop.set()
 
 
+@contextlib.contextmanager
+def study_id_remembered(study: optuna.Study):
+    """While the worker runs, its storage answers the study's id from memory: Optuna's HyperbandPruner would
+    otherwise look it up by name on every suggest, report and tell."""
+    storage = rdb_storage(study)
+    if not isinstance(storage, ResilientRDBStorage):
+        yield
+        return
+    storage.remember_study_id(study.study_name, study._study_id)  # no public accessor for a study's id
+    try:
+        yield
+    finally:
+        storage.remember_study_id(study.study_name, None)
+
+
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
                n_trials: int | None, timeout: float | None = None,
                on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
@@ -159,7 +174,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             study.stop()
 
     callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
-    with stale_trial_reaper(study):
+    with stale_trial_reaper(study), study_id_remembered(study):
         while (deadline is None or time.monotonic() < deadline) and go_on():
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
