@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import re
 import sqlite3
@@ -267,7 +268,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     Creating a trial is not retried (a retry could create two); the worker loop handles that failure.
     On SQLite every transaction begins with BEGIN IMMEDIATE, also on the engine an unpickled copy builds;
     on PostgreSQL a pooled connection is pinged at checkout when it sat idle (storage/pings.py).
-    A worker tells it what it already knows (its study's id), so that Optuna does
+    A worker tells it what it already knows (its study's id, its reaper's schedule), so that Optuna does
     not ask the database again on every call (benchmarks/storage_statements.py counts what that saves).
     """
 
@@ -307,8 +308,33 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         study_id = self._known_study_ids.get(study_name)
         return _get_study_id_from_name(self, study_name) if study_id is None else study_id
 
+    def check_stale_trials_every(self, study_id: int, period: float | None) -> None:
+        """Look for the study's stale trials at most every ``period`` seconds in this process (None: at every
+        call). A worker's reaper thread checks on this schedule (next_stale_check_in), so Optuna's own check
+        before each trial, which would repeat the reaper's, answers from it; the reaper keeps the bound on
+        the time from a kill to FAIL."""
+        if period is None:
+            self._stale_check_periods.pop(study_id, None)
+        else:
+            self._stale_check_periods[study_id] = period
+
+    def next_stale_check_in(self, study_id: int) -> float:
+        """Seconds until the study's next stale check is due on the schedule (0: now)."""
+        period = self._stale_check_periods.get(study_id, 0.0)
+        return max(0.0, self._stale_checked_at.get(study_id, -math.inf) + period - time.monotonic())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self.next_stale_check_in(study_id) > 0:
+            return []  # checked less than a period ago: trials stale since then are found when the next is due
+        started = time.monotonic()
+        stale = _get_stale_trial_ids(self, study_id)
+        self._stale_checked_at[study_id] = started
+        return stale
+
     def _forget_process_state(self) -> None:
         self._known_study_ids: dict[str, int] = {}
+        self._stale_check_periods: dict[int, float] = {}
+        self._stale_checked_at: dict[int, float] = {}
 
     def _prepare_engine(self) -> None:
         if self.engine.dialect.name == "sqlite":
@@ -323,13 +349,14 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "set_study_user_attr", "set_study_system_attr", "_get_stale_trial_ids",
+        "set_study_user_attr", "set_study_system_attr",
         "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
     )
 
 
 _record_heartbeat = retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
+_get_stale_trial_ids = retry_on_disconnect(optuna.storages.RDBStorage._get_stale_trial_ids)
 for _name in ResilientRDBStorage._IDEMPOTENT:
     if hasattr(optuna.storages.RDBStorage, _name):
         setattr(ResilientRDBStorage, _name, retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))

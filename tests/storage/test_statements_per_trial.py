@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
 
 from cifar_hpo.search.runtime.worker import run_worker
 from cifar_hpo.storage import make_storage
@@ -41,6 +44,39 @@ def test_run_worker_remembers_its_study_id_only_while_it_runs(tmp_path: Path) ->
     with count_statements(storage.engine) as counter:
         storage.get_study_id_from_name("run")
     assert counter.counts().select == 1
+
+
+def test_stale_checks_on_a_schedule_answer_from_the_last_check(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'stale.db'}", heartbeat_interval=4)
+    study_id = optuna.create_study(study_name="stale", storage=storage)._study_id
+    storage.check_stale_trials_every(study_id, 3600.0)
+    with count_statements(storage.engine) as counter:
+        assert storage._get_stale_trial_ids(study_id) == []
+        first = counter.counts().statements
+        assert storage._get_stale_trial_ids(study_id) == []  # within the period: no query
+    assert first >= 1 and counter.counts().statements == first
+    assert 3500 < storage.next_stale_check_in(study_id) <= 3600
+    storage.check_stale_trials_every(study_id, None)  # off the schedule: every call queries
+    assert storage.next_stale_check_in(study_id) == 0
+    with count_statements(storage.engine) as counter:
+        storage._get_stale_trial_ids(study_id)
+    assert counter.counts().statements == first
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_dead_workers_trial_is_failed_and_retried_on_the_schedule(tmp_path: Path) -> None:
+    """Crash recovery still works: a RUNNING trial whose heartbeat stopped is failed and run again."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'dead.db'}", heartbeat_interval=1)
+    study = optuna.create_study(study_name="dead", storage=storage, direction="maximize")
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(dead._trial_id)
+    with storage.engine.begin() as conn:  # its worker died long ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'"))
+    run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
 
 
 def _caller_named(name: str) -> str:
