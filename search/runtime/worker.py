@@ -143,9 +143,10 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     def guarded(trial: optuna.trial.Trial) -> float:
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
         # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
+        # A trial numbered below the budget has fewer trials before it than the budget: no count needed.
         current[:] = [trial]
         try:
-            if n_trials is not None and near_budget and _active_before(trial) >= n_trials:
+            if n_trials is not None and near_budget and trial.number >= n_trials and _active_before(trial) >= n_trials:
                 trial.set_user_attr("surplus", True)
                 surplus.append(trial.number)
                 raise _BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from cifar_hpo.search.runtime import worker
 from cifar_hpo.search.runtime.worker import run_worker
 from cifar_hpo.storage import make_storage
 from cifar_hpo.storage.statements import count_statements
@@ -77,6 +78,27 @@ def test_a_dead_workers_trial_is_failed_and_retried_on_the_schedule(tmp_path: Pa
     assert trials[dead.number].state == TrialState.FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
+
+
+def test_a_trial_numbered_within_the_budget_needs_no_surplus_count(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'budget.db'}")
+    study = optuna.create_study(study_name="budget", storage=storage, direction="maximize")
+    with count_statements(storage.engine, label=lambda what: _caller_named("_active_before")) as counter:
+        run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)  # all three near the budget
+    assert len(study.trials) == 3 and counter.counts("_active_before").round_trips == 0
+
+
+def test_a_trial_beyond_the_budget_steps_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers passed the budget check at once: the one whose trial is numbered beyond it steps back."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'surplus.db'}")
+    study = optuna.create_study(study_name="surplus", storage=storage, direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # the other worker's trial
+    answers = iter([(1, 0)])  # this worker counted before the other's trial finished
+    monkeypatch.setattr(worker, "_budget_slack", lambda *args: next(answers, (0, 0)))
+    outcome = run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    surplus = study.trials[1]
+    assert outcome.reason == "done" and surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"]
 
 
 def _caller_named(name: str) -> str:
