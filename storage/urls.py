@@ -298,7 +298,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """Answer get_study_id_from_name for ``study_name`` from memory (None: from the database again).
 
         A worker knows its study's id, which never changes while the study exists; Optuna's HyperbandPruner
-        looks it up by name on every suggest, report and tell (a fifth of a trial's transactions)."""
+        looks it up by name on every suggest, report and tell (19 of a scripted trial's 60 transactions)."""
         if study_id is None:
             self._known_study_ids.pop(study_name, None)
         else:

@@ -1,9 +1,14 @@
-"""Statements per trial, counted: each saving of the service's worker over plain Optuna, counted alone."""
+"""Statements per trial, counted: the service's worker sends no more to the database than plain Optuna for the
+same scripted trials (benchmarks/storage_statements.py), and still heartbeats; each saving, counted alone."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import uuid
 from pathlib import Path
+from types import ModuleType
+from typing import Iterator
 
 import optuna
 import pytest
@@ -14,6 +19,46 @@ from cifar_hpo.search.runtime import worker
 from cifar_hpo.search.runtime.worker import run_worker
 from cifar_hpo.storage import make_storage
 from cifar_hpo.storage.statements import count_statements
+from hpo_testkit import ROOT
+
+TRIALS, WARMUP = 8, 2
+
+
+def load_benchmark() -> ModuleType:
+    """The benchmark script itself (benchmarks/ is not a package): the test runs exactly what it measures."""
+    spec = importlib.util.spec_from_file_location("storage_statements", ROOT / "benchmarks" / "storage_statements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(plain URL, service URL, study name): separate SQLite files, or one PostgreSQL server."""
+    name = f"stmt-{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'plain.db'}", f"sqlite:///{tmp_path / 'service.db'}", name
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url, url, name
+    try:
+        optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    except KeyError:
+        pass
+
+
+def test_service_sends_no_more_than_plain_optuna_per_trial_and_still_heartbeats(urls) -> None:
+    plain_url, service_url, name = urls
+    bench = load_benchmark()
+    plain = bench.run_trials("plain", plain_url, TRIALS, WARMUP, name)
+    service = bench.run_trials("service", service_url, TRIALS, WARMUP, name)
+    assert service["trial_states"] == plain["trial_states"]  # the same trials, pruned at the same epochs
+    for measure in ("statements", "round_trips", "begins"):
+        assert service["per_trial"][measure] <= 1.0 * plain["per_trial"][measure], (measure, service, plain)
+    assert service["heartbeat_rows"] == TRIALS and plain["heartbeat_rows"] == 0
+    assert service["per_trial_by_cause"]["heartbeat"]["statements"] >= 1  # every trial beats at its start
+    assert bench.PRE_PING not in service["per_trial_by_cause"]  # no ping inside a burst of calls
 
 
 def test_a_remembered_study_id_is_not_looked_up_again(tmp_path: Path) -> None:
