@@ -356,6 +356,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
 _record_heartbeat = retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
+# No public API queries stale trials: Optuna's fail_stale_trials calls this, and so does the scheduled override.
 _get_stale_trial_ids = retry_on_disconnect(optuna.storages.RDBStorage._get_stale_trial_ids)
 for _name in ResilientRDBStorage._IDEMPOTENT:
     if hasattr(optuna.storages.RDBStorage, _name):

@@ -79,9 +79,10 @@ def stale_trial_reaper(study: optuna.Study):
         return
     period = interval / REAPER_CHECKS_PER_INTERVAL
     storage = rdb_storage(study)
+    study_id = study._study_id  # no public accessor for a study's id
     scheduled = isinstance(storage, ResilientRDBStorage)
     if scheduled:
-        storage.check_stale_trials_every(study._study_id, period)  # no public accessor for a study's id
+        storage.check_stale_trials_every(study_id, period)
     stop = threading.Event()
 
     def loop() -> None:
@@ -91,7 +92,7 @@ def stale_trial_reaper(study: optuna.Study):
             try:
                 _fail_stale(study)
                 if scheduled:
-                    wait = storage.next_stale_check_in(study._study_id)
+                    wait = storage.next_stale_check_in(study_id)
             except Exception as err:  # a storage hiccup must not kill the worker; the next round retries
                 _logger.warning("could not check for stale trials: %s", err)
 
@@ -102,7 +103,7 @@ def stale_trial_reaper(study: optuna.Study):
     finally:
         stop.set()
         if scheduled:
-            storage.check_stale_trials_every(study._study_id, None)
+            storage.check_stale_trials_every(study_id, None)
 
 
 @contextlib.contextmanager
