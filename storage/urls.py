@@ -3,8 +3,8 @@
 SQLite: WAL journal (readers such as the dashboard never block writers), a 60 s busy timeout, and
 ``BEGIN IMMEDIATE`` transactions: pysqlite's default deferred BEGIN upgrades a read lock to a write lock
 mid-transaction, and SQLite answers that with an immediate "database is locked" that no timeout waits out.
-PostgreSQL: connections idle for a while are pinged at checkout and replaced when the server dropped them
-(storage/pings.py), a small pool, and retries of calls that failed on a dropped connection.
+PostgreSQL: ``pool_pre_ping`` (connections the server dropped are replaced at checkout), a small pool,
+and retries of calls that failed on a dropped connection.
 Every RDB storage gets heartbeats, and stale trials (a killed worker) are failed and re-queued.
 """
 
@@ -28,7 +28,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cifar_hpo.storage.errors import StorageError
-from cifar_hpo.storage.pings import ping_idle_connections, pings_idle_connections
 
 _logger = logging.getLogger(__name__)
 
@@ -266,8 +265,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose idempotent calls are retried when the server dropped the connection.
 
     Creating a trial is not retried (a retry could create two); the worker loop handles that failure.
-    On SQLite every transaction begins with BEGIN IMMEDIATE, also on the engine an unpickled copy builds;
-    on PostgreSQL a pooled connection is pinged at checkout when it sat idle (storage/pings.py).
+    On SQLite every transaction begins with BEGIN IMMEDIATE, also on the engine an unpickled copy builds.
     A worker tells it what it already knows (its study's id, its reaper's schedule), so that Optuna does
     not ask the database again on every call (benchmarks/storage_statements.py counts what that saves).
     """
@@ -337,11 +335,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         self._stale_checked_at: dict[int, float] = {}
 
     def _prepare_engine(self) -> None:
-        if self.engine.dialect.name == "sqlite":
-            if not event.contains(self.engine, "begin", _begin_immediate):
-                event.listen(self.engine, "begin", _begin_immediate)
-        elif not pings_idle_connections(self.engine):
-            ping_idle_connections(self.engine)
+        if self.engine.dialect.name == "sqlite" and not event.contains(self.engine, "begin", _begin_immediate):
+            event.listen(self.engine, "begin", _begin_immediate)
 
     _IDEMPOTENT = (
         "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
@@ -392,7 +387,7 @@ def make_storage(url: str = DEFAULT_URL, heartbeat_interval: int = DEFAULT_HEART
         engine_kwargs: dict[str, Any] = {"creator": SqliteConnect(path)}
     else:
         engine_kwargs = {
-            "pool_size": 2, "max_overflow": 4, "pool_recycle": 600,
+            "pool_pre_ping": True, "pool_size": 2, "max_overflow": 4, "pool_recycle": 600,
             "connect_args": {"connect_timeout": 10},
         }
     try:

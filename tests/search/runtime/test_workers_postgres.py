@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 
 from cifar_hpo.search.cli import main
 from cifar_hpo.storage import make_storage
-from cifar_hpo.storage.pings import pings_idle_connections
 from hpo_testkit import ROOT, create_tiny_study as create, make_tiny_cifar
 
 pytestmark = pytest.mark.postgres
@@ -153,5 +152,4 @@ def test_launch_refuses_several_workers_in_memory(capsys, tiny_npz):
 def test_storage_is_resilient_rdb_with_heartbeats(postgres_url):
     storage = make_storage(postgres_url, heartbeat_interval=7)
     assert storage.get_heartbeat_interval() == 7
-    # connections idle for a while are pinged at checkout (storage/pings.py), not every checkout
-    assert pings_idle_connections(storage.engine) and not storage.engine.pool._pre_ping
+    assert storage.engine.pool._pre_ping
