@@ -344,7 +344,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-        "set_study_user_attr", "set_study_system_attr",
+        "set_study_user_attr", "set_study_system_attr", "_set_trial_param",  # the name Optuna's cache layer calls
         "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
     )
 
