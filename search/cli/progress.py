@@ -101,6 +101,8 @@ class StudyProgress:
     # --- feeding --------------------------------------------------------------------------------------
     def poll(self, study: Any) -> None:
         """Read counts, running and newly finished trials from the storage and refresh."""
+        if self.mode == "off":  # shows nothing: a quiet worker's parent would query every second for nothing
+            return
         from optuna.trial import TrialState
 
         from cifar_hpo.storage.counting import count_study_trials

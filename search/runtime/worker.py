@@ -24,7 +24,7 @@ from cifar_hpo.search.runtime.interrupts import interrupted
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.counting import count_study_trials, rdb_storage
 from cifar_hpo.storage.liveness import heartbeat_interval
-from cifar_hpo.storage.urls import database_message, mask_url, storage_fault
+from cifar_hpo.storage.urls import ResilientRDBStorage, database_message, mask_url, storage_fault
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.Operati
 MAX_STORAGE_ERRORS = 10
 MAX_CONSECUTIVE_FAILURES = 5
 REAPER_CHECKS_PER_INTERVAL = 4
+REAPER_THREAD_NAME = "stale-trial-reaper"
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,56 @@ def stale_trial_reaper(study: optuna.Study):
     that long to be failed and re-queued. Checking four times an interval keeps the time from a kill to
     FAIL within 1.75 intervals (storage.urls.STALE_AFTER_INTERVALS + 1/4); the check is one indexed query
     on the study's running trials (through the proxy: one read of them). Failing is race-safe: Optuna lets
-    one process win.
+    one process win. On a database storage the storage keeps the schedule, so Optuna's own check before
+    each trial answers from the reaper's last one instead of querying again, and the reaper's next check is
+    due a quarter interval after the last check of either.
     """
     interval = heartbeat_interval(study)
     if not interval:
         yield
         return
+    period = interval / REAPER_CHECKS_PER_INTERVAL
+    storage = rdb_storage(study)
+    study_id = study._study_id  # no public accessor for a study's id
+    scheduled = isinstance(storage, ResilientRDBStorage)
+    if scheduled:
+        storage.check_stale_trials_every(study_id, period)
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(interval / REAPER_CHECKS_PER_INTERVAL):
+        wait = period
+        while not stop.wait(wait):
+            wait = period
             try:
                 _fail_stale(study)
+                if scheduled:
+                    wait = storage.next_stale_check_in(study_id)
             except Exception as err:  # a storage hiccup must not kill the worker; the next round retries
                 _logger.warning("could not check for stale trials: %s", err)
 
-    thread = threading.Thread(target=loop, name="stale-trial-reaper", daemon=True)
+    thread = threading.Thread(target=loop, name=REAPER_THREAD_NAME, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
+        if scheduled:
+            storage.check_stale_trials_every(study_id, None)
+
+
+@contextlib.contextmanager
+def study_id_remembered(study: optuna.Study):
+    """While the worker runs, its storage answers the study's id from memory: Optuna's HyperbandPruner would
+    otherwise look it up by name on every suggest, report and tell."""
+    storage = rdb_storage(study)
+    if not isinstance(storage, ResilientRDBStorage):
+        yield
+        return
+    storage.remember_study_id(study.study_name, study._study_id)  # no public accessor for a study's id
+    try:
+        yield
+    finally:
+        storage.remember_study_id(study.study_name, None)
 
 
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
@@ -112,9 +142,10 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     def guarded(trial: optuna.trial.Trial) -> float:
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
         # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
+        # A trial numbered below the budget has fewer trials before it than the budget: no count needed.
         current[:] = [trial]
         try:
-            if n_trials is not None and near_budget and _active_before(trial) >= n_trials:
+            if n_trials is not None and near_budget and trial.number >= n_trials and _active_before(trial) >= n_trials:
                 trial.set_user_attr("surplus", True)
                 surplus.append(trial.number)
                 raise _BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
@@ -156,7 +187,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             study.stop()
 
     callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
-    with stale_trial_reaper(study):
+    with stale_trial_reaper(study), study_id_remembered(study):
         while (deadline is None or time.monotonic() < deadline) and go_on():
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),

@@ -92,3 +92,17 @@ def test_phase_writer_stores_the_phase_every_few_seconds_and_at_its_end() -> Non
     assert trial.user_attrs["phase"]["done"] == 0
     writer("cache fill", 100, 100)  # the end is always written
     assert trial.user_attrs["phase"]["done"] == 100 and trial.user_attrs["phase"]["eta_s"] is None
+
+
+def test_a_quiet_progress_reads_nothing_from_the_storage(tmp_path) -> None:
+    """hpo launch's workers run quiet: their parent process would otherwise query the study every second."""
+    from cifar_hpo.storage import make_storage
+    from cifar_hpo.storage.statements import count_statements
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'quiet.db'}")
+    study = optuna.create_study(study_name="quiet", storage=storage)
+    with count_statements(storage.engine) as counter:
+        StudyProgress(10, "s", disable=True).poll(study)
+        assert counter.counts().round_trips == 0
+        StudyProgress(10, "s", stream=io.StringIO()).poll(study)  # a watching one does read
+        assert counter.counts().select >= 1

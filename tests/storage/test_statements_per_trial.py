@@ -1,0 +1,155 @@
+"""Statements per trial, counted: the service's worker sends no more to the database than plain Optuna for the
+same scripted trials (benchmarks/storage_statements.py), and still heartbeats; each saving, counted alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from cifar_hpo.search.runtime import worker
+from cifar_hpo.search.runtime.worker import run_worker
+from cifar_hpo.storage import make_storage
+from cifar_hpo.storage.statements import count_statements
+from hpo_testkit import ROOT
+
+TRIALS, WARMUP = 8, 2
+
+
+def load_benchmark() -> ModuleType:
+    """The benchmark script itself (benchmarks/ is not a package): the test runs exactly what it measures."""
+    spec = importlib.util.spec_from_file_location("storage_statements", ROOT / "benchmarks" / "storage_statements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(plain URL, service URL, study name): separate SQLite files, or one PostgreSQL server."""
+    name = f"stmt-{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'plain.db'}", f"sqlite:///{tmp_path / 'service.db'}", name
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url, url, name
+    try:
+        optuna.delete_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    except KeyError:
+        pass
+
+
+def test_service_sends_no_more_than_plain_optuna_per_trial_and_still_heartbeats(urls) -> None:
+    plain_url, service_url, name = urls
+    bench = load_benchmark()
+    plain = bench.run_trials("plain", plain_url, TRIALS, WARMUP, name)
+    service = bench.run_trials("service", service_url, TRIALS, WARMUP, name)
+    assert service["trial_states"] == plain["trial_states"]  # the same trials, pruned at the same epochs
+    for measure in ("statements", "round_trips", "begins"):
+        assert service["per_trial"][measure] <= 1.0 * plain["per_trial"][measure], (measure, service, plain)
+    assert service["heartbeat_rows"] == TRIALS and plain["heartbeat_rows"] == 0
+    assert service["per_trial_by_cause"]["heartbeat"]["statements"] >= 1  # every trial beats at its start
+
+
+def test_a_remembered_study_id_is_not_looked_up_again(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'ids.db'}")
+    study = optuna.create_study(study_name="ids", storage=storage)
+    storage.remember_study_id("ids", study._study_id)
+    with count_statements(storage.engine) as counter:
+        assert storage.get_study_id_from_name("ids") == study._study_id
+    assert counter.counts().round_trips == 0
+    storage.remember_study_id("ids", None)
+    with count_statements(storage.engine) as counter:
+        assert storage.get_study_id_from_name("ids") == study._study_id
+    assert counter.counts().select == 1
+
+
+def test_run_worker_remembers_its_study_id_only_while_it_runs(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'run.db'}")
+    study = optuna.create_study(study_name="run", storage=storage, direction="maximize",
+                                pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=3))
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        trial.report(x, 1)
+        return x
+
+    with count_statements(storage.engine, label=lambda what: _caller_named("get_study_id_from_name")) as counter:
+        run_worker(study, objective, n_trials=3)
+    assert counter.counts("get_study_id_from_name").round_trips == 0
+    with count_statements(storage.engine) as counter:
+        storage.get_study_id_from_name("run")
+    assert counter.counts().select == 1
+
+
+def test_stale_checks_on_a_schedule_answer_from_the_last_check(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'stale.db'}", heartbeat_interval=4)
+    study_id = optuna.create_study(study_name="stale", storage=storage)._study_id
+    storage.check_stale_trials_every(study_id, 3600.0)
+    with count_statements(storage.engine) as counter:
+        assert storage._get_stale_trial_ids(study_id) == []
+        first = counter.counts().statements
+        assert storage._get_stale_trial_ids(study_id) == []  # within the period: no query
+    assert first >= 1 and counter.counts().statements == first
+    assert 3500 < storage.next_stale_check_in(study_id) <= 3600
+    storage.check_stale_trials_every(study_id, None)  # off the schedule: every call queries
+    assert storage.next_stale_check_in(study_id) == 0
+    with count_statements(storage.engine) as counter:
+        storage._get_stale_trial_ids(study_id)
+    assert counter.counts().statements == first
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_dead_workers_trial_is_failed_and_retried_on_the_schedule(tmp_path: Path) -> None:
+    """Crash recovery still works: a RUNNING trial whose heartbeat stopped is failed and run again."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'dead.db'}", heartbeat_interval=1)
+    study = optuna.create_study(study_name="dead", storage=storage, direction="maximize")
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(dead._trial_id)
+    with storage.engine.begin() as conn:  # its worker died long ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'"))
+    run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
+
+
+def test_a_trial_numbered_within_the_budget_needs_no_surplus_count(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'budget.db'}")
+    study = optuna.create_study(study_name="budget", storage=storage, direction="maximize")
+    with count_statements(storage.engine, label=lambda what: _caller_named("_active_before")) as counter:
+        run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)  # all three near the budget
+    assert len(study.trials) == 3 and counter.counts("_active_before").round_trips == 0
+
+
+def test_a_trial_beyond_the_budget_steps_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers passed the budget check at once: the one whose trial is numbered beyond it steps back."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'surplus.db'}")
+    study = optuna.create_study(study_name="surplus", storage=storage, direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # the other worker's trial
+    answers = iter([(1, 0)])  # this worker counted before the other's trial finished
+    monkeypatch.setattr(worker, "_budget_slack", lambda *args: next(answers, (0, 0)))
+    outcome = run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    surplus = study.trials[1]
+    assert outcome.reason == "done" and surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"]
+
+
+def _caller_named(name: str) -> str:
+    """``name`` when a function of that name is on the caller's stack, else "" (a counter's label)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return name
+        frame = frame.f_back
+    return ""
