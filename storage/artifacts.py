@@ -245,7 +245,7 @@ def drop_models(study: optuna.Study, store: ModelStore, keep: int, current: tupl
     for trial in models_to_drop(trials, removed_models(study.user_attrs), keep, current):
         artifact_id = trial.user_attrs[MODEL_ARTIFACT_ATTR]
         study.set_user_attr(REMOVED_MODEL_PREFIX + artifact_id, trial.number)
-        delete_link(study, trial._trial_id, artifact_id)
+        delete_link(study, trial._trial_id, artifact_id)  # no public accessor for a frozen trial's id
         store.remove(artifact_id)
         dropped.append(trial.number)
     return dropped
