@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -56,7 +57,9 @@ def _active_before(trial: optuna.trial.Trial) -> int:
 
 def _fail_stale(study: optuna.Study) -> None:
     if heartbeat_interval(study):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # heartbeats are stable enough; Optuna still labels them experimental
+            warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 @contextlib.contextmanager
