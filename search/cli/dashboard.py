@@ -81,7 +81,8 @@ def bind_server(host: str, port: int, app: Any) -> WSGIServer:
     return server
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether an IP address (IPv6 zone allowed) is this machine's loopback; anything else is reachable."""
     try:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
@@ -123,7 +124,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     # The trials' kept models, downloadable from each trial's page (folders of studies created later: restart).
     store = storage_artifact_store(storage, args.storage, args.artifacts)
     server = bind_server(args.host, args.port, optuna_dashboard.wsgi(storage, artifact_store=store))
-    if not _is_loopback(server.server_address[0]):
+    if not is_loopback(server.server_address[0]):
         print(f"hpo dashboard: warning: listening on {server.server_address[0]}, reachable from other machines: "
               "anyone who connects can read, rename and delete every study here. Prefer the default "
               f"{DEFAULT_HOST} and `ssh -L {DEFAULT_PORT}:127.0.0.1:{DEFAULT_PORT} HOST`.", file=sys.stderr)

@@ -9,11 +9,11 @@ anyone who reaches its port can read, change and delete every study in the datab
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import sys
 from typing import Any
 
+from cifar_hpo.search.cli.dashboard import is_loopback
 from cifar_hpo.search.cli.search import default_storage
 from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.storage.proxy import DEFAULT_HOST, DEFAULT_PORT, SCHEME, format_address, is_proxy_url
@@ -46,8 +46,8 @@ def _is_loopback(host: str, port: int) -> bool:
     """Whether every address ``host`` stands for is this machine's loopback (start_server checked it resolves)."""
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
-        return all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
-    except (OSError, ValueError):
+        return all(is_loopback(address) for address in addresses)
+    except OSError:
         return False
 
 
