@@ -7,6 +7,7 @@ per phase in a state file beside it, so the same command continues where a stopp
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -68,6 +69,33 @@ def run_until(command: list[str], deadline_s: float, log: Path, state: State, ph
             counted = time.monotonic() - start
     state.add_seconds(phase, time.monotonic() - start - counted)
     return proc.returncode
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, name: str, space_config: str) -> None:
+    """The arguments both headline runs take (study, seed, state, split, output), with this run's defaults."""
+    parser.add_argument("--space-config", default=str(ROOT / "benchmarks" / "configs" / space_config))
+    parser.add_argument("--study", default=name)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "cifar-hpo" / "headline")
+    parser.add_argument("--subset", type=int, help="train on N images (smoke tests; default all 45,000)")
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name.replace('-', '_')}.json")
+
+
+def search_phase(args: argparse.Namespace, url: str, state: State, log: Path, space: str, *flags: str) -> None:
+    """`hpo search` on the study for the search's share of the budget (minus what earlier sessions spent);
+    ``flags`` are the space's own (e.g. --weights)."""
+    share = (args.budget_minutes - args.final_minutes) * 60 - state.seconds("search")
+    if share <= 60:
+        return
+    command = hpo("search", "--space", space, "--study", args.study, "--storage", url, "--data", args.data, *flags,
+                  "--epochs", str(args.epochs), "--n-trials", "1000", "--timeout", f"{int(share)}",
+                  "--space-config", args.space_config, "--seed", str(args.seed), "--val-size", str(args.val_size),
+                  *(["--subset", str(args.subset)] if args.subset else []))
+    state.data["commands"].append(shown(command, args.data))
+    code = run_until(command, share, log, state, "search")
+    state.data["search_exit_codes"] = [*state.data.get("search_exit_codes", []), code]
+    state.save()
 
 
 def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:

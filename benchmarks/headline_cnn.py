@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headline import RESULTS, ROOT, State, hpo, plot, run_until, shown, trial_rows
+from headline import State, add_run_args, hpo, plot, run_until, search_phase, shown, trial_rows
 HAND_MODEL = {"test_accuracy": 0.869, "val_accuracy": 0.872, "minutes": 25,
               "what": "one hand-written Keras model (3 x 2 convs 32-64-128, BN, GAP, flips + translation, AdamW + "
                       "cosine, 15 epochs on 45,000 images) on the same kind of 2-core machine (issue 14)"}
@@ -50,28 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--final-epochs", default="auto",
                         help="epochs of the final training: N, or auto (default) = as many as the best trial's "
                              "measured seconds per epoch fit into 85%% of --final-minutes, at least its own")
-    parser.add_argument("--space-config", default=str(ROOT / "benchmarks" / "configs" / "cnn_headline_cpu.toml"))
-    parser.add_argument("--study", default="headline-cnn")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "cifar-hpo" / "headline")
-    parser.add_argument("--subset", type=int, help="train on N images (smoke tests; default all 45,000)")
-    parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--out", type=Path, default=RESULTS / "headline_cnn.json")
+    add_run_args(parser, name="headline-cnn", space_config="cnn_headline_cpu.toml")
     return parser.parse_args(argv)
-
-
-def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
-    share = (args.budget_minutes - args.final_minutes) * 60 - state.seconds("search")
-    if share <= 60:
-        return
-    command = hpo("search", "--space", "cnn", "--study", args.study, "--storage", url, "--data", args.data,
-                  "--epochs", str(args.epochs), "--n-trials", "1000", "--timeout", f"{int(share)}",
-                  "--space-config", args.space_config, "--seed", str(args.seed), "--val-size", str(args.val_size),
-                  *(["--subset", str(args.subset)] if args.subset else []))
-    state.data["commands"].append(shown(command, args.data))
-    code = run_until(command, share, log, state, "search")
-    state.data["search_exit_codes"] = [*state.data.get("search_exit_codes", []), code]
-    state.save()
 
 
 def final_epochs(args: argparse.Namespace, url: str, config: Path) -> tuple[int, dict[str, Any]]:
@@ -120,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"sqlite:///{args.state_dir / (args.study + '.db')}"
     state = State(args.state_dir / f"{args.study}.state.json")
     log = args.state_dir / f"{args.study}.log"
-    search(args, url, state, log)
+    search_phase(args, url, state, log, "cnn")
     final(args, url, state, log)
     rows, study = trial_rows(url, args.study)
     seconds = state.data["seconds"]

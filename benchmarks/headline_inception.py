@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headline import RESULTS, ROOT, State, hpo, plot, run_until, shown, trial_rows
+from headline import State, add_run_args, hpo, plot, run_until, search_phase, shown, trial_rows
 
 # The project this service replaces, by hand (test accuracy).
 HAND_RUN = {"base_cnn": 0.72, "cnn_augmented": 0.78, "inception_frozen": 0.887, "inception_frozen_augmented": 0.921,
@@ -47,30 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--final-minutes", type=float, default=10.0,
                         help="part of the budget kept for the test evaluation (default 10)")
     parser.add_argument("--epochs", type=int, default=6, help="maximum epochs per trial (default 6)")
-    parser.add_argument("--space-config",
-                        default=str(ROOT / "benchmarks" / "configs" / "inception_headline_cpu.toml"))
-    parser.add_argument("--study", default="headline-inception")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".cache" / "cifar-hpo" / "headline")
-    parser.add_argument("--subset", type=int, help="train on N images (smoke tests; default all 45,000)")
-    parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--out", type=Path, default=RESULTS / "headline_inception.json")
+    add_run_args(parser, name="headline-inception", space_config="inception_headline_cpu.toml")
     return parser.parse_args(argv)
-
-
-def search(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
-    share = (args.budget_minutes - args.final_minutes) * 60 - state.seconds("search")
-    if share <= 60:
-        return
-    command = hpo("search", "--space", "inception", "--study", args.study, "--storage", url, "--data", args.data,
-                  "--weights", args.weights, "--epochs", str(args.epochs), "--n-trials", "1000",
-                  "--timeout", f"{int(share)}", "--space-config", args.space_config, "--seed", str(args.seed),
-                  "--val-size", str(args.val_size), "--keep-models", "1",
-                  *(["--subset", str(args.subset)] if args.subset else []))
-    state.data["commands"].append(shown(command, args.data))
-    code = run_until(command, share, log, state, "search")
-    state.data["search_exit_codes"] = [*state.data.get("search_exit_codes", []), code]
-    state.save()
 
 
 def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
@@ -99,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"sqlite:///{args.state_dir / (args.study + '.db')}"
     state = State(args.state_dir / f"{args.study}.state.json")
     log = args.state_dir / f"{args.study}.log"
-    search(args, url, state, log)
+    search_phase(args, url, state, log, "inception", "--weights", args.weights, "--keep-models", "1")
     final(args, url, state, log)
     rows, study = trial_rows(url, args.study)
     seconds = state.data["seconds"]
