@@ -14,6 +14,7 @@ from typing import Any
 from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_storage_flags, add_study_flags,
                                          budget, given_settings, start_notes, summary_line)
 from cifar_hpo.search.errors import ConfigError, ExitCode
+from cifar_hpo.search.settings import run_timeout
 from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
 from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
 
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
               "for many workers or several machines use PostgreSQL (--storage postgresql://...)", file=sys.stderr)
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
-    for note in start_notes(opened, args, args.storage):
+    for note in start_notes(opened, args.storage):
         print(f"hpo launch: {note}", file=sys.stderr)
+    args.timeout = run_timeout(args.timeout, opened.settings)  # the workers get the preset's time limit too
     opened.release_data()  # the workers load their own
     n_trials = budget(args, opened.settings.n_trials)
     threads = None if gpus else max(1, (os.cpu_count() or 1) // args.workers)

@@ -122,13 +122,11 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def start_notes(opened: Any, args: argparse.Namespace, url: str) -> list[str]:
-    """One-line notes for the start of a run: the setup's notes, the preset's sizes, and this run's time limit
-    (a study sized by a preset takes its time limit from it unless --timeout is given)."""
+def start_notes(opened: Any, url: str) -> list[str]:
+    """One-line notes for the start of a run: the setup's notes and, for a study a preset just sized, its sizes."""
     notes = [*opened.notes, artifacts_note(opened, url)]
     if opened.created and opened.settings.preset in PRESETS and opened.settings.preset != "full":
         notes.append(PRESETS[opened.settings.preset].describe(opened.settings))
-    args.timeout = run_timeout(args.timeout, opened.settings)
     return [note for note in notes if note]
 
 
@@ -219,8 +217,9 @@ def run(args: argparse.Namespace) -> int:
                             space_config=args.space_config)
     if opened.settings.engine == "kerastuner":  # resumed without --engine: the study says which engine
         return run_kerastuner_opened(args, opened)
-    for note in start_notes(opened, args, args.storage):
+    for note in start_notes(opened, args.storage):
         print(f"hpo search: {note}", file=sys.stderr)
+    args.timeout = run_timeout(args.timeout, opened.settings)  # a preset's study: its time limit unless given
     verb = "created" if opened.created else "resumed"
     print(f"study {args.study} {verb} in {mask_url(args.storage)} (space {opened.settings.space})", file=sys.stderr)
     return run_trials(opened, args, budget(args, opened.settings.n_trials), args.study)
@@ -241,7 +240,7 @@ def run_kerastuner(args: argparse.Namespace, given: dict[str, Any]) -> int:
         raise ConfigError(f"--tuner must be one of {list(TUNERS)}, but got {args.tuner!r}")
     opened = open_hpo_study(args.storage, args.study, given, heartbeat_interval=args.heartbeat,
                             space_config=args.space_config)
-    for note in start_notes(opened, args, args.storage):
+    for note in start_notes(opened, args.storage):
         print(f"hpo search: {note}", file=sys.stderr)
     return run_kerastuner_opened(args, opened)
 
