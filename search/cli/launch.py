@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     with signals_held():
         workers = [subprocess.Popen(worker_command(args, i, n_trials, threads), env=worker_env(i, gpus, args.storage))
                    for i in range(args.workers)]
-    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}", epochs=opened.settings.epochs)
+    progress = StudyProgress(n_trials, f"{args.study} x{args.workers}", epochs=opened.settings.epochs,
+                             deadline=None if args.timeout is None else time.time() + args.timeout)
     try:
         while not stop and any(proc.poll() is None for proc in workers):
             progress.poll(opened.study)

@@ -81,12 +81,14 @@ def running_text(trial: Any, epochs: int | None, now: float) -> str:
 
 
 class StudyProgress:
-    """``poll(study)`` or ``show(counts)`` refresh it; ``epochs`` (per trial) enables the time-left estimate."""
+    """``poll(study)`` or ``show(counts)`` refresh it; ``epochs`` (per trial) enables the time-left estimate,
+    ``deadline`` (a time.time() at which this command stops, its --timeout or its preset's) caps it."""
 
     def __init__(self, total: int | None, description: str, disable: bool = False, *, epochs: int | None = None,
-                 stream: TextIO | None = None) -> None:
+                 deadline: float | None = None, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.total, self.epochs, self.description = total, epochs, description
+        self.deadline = deadline
         self.mode = "off" if disable else ("bar" if _isatty(self.stream) else "lines")
         self._bar = None
         if self.mode == "bar":
@@ -168,16 +170,16 @@ class StudyProgress:
 
     def time_left(self, counts: TrialCounts, running: Sequence[Any], now: float) -> float | None:
         """Epochs still to run (all of them for trials not started: an upper bound, since pruning cuts some)
-        times seconds per epoch, over the trials running side by side."""
-        if not self.total or not self.epochs:
-            return None
-        per_epoch = self.seconds_per_epoch(running, now)
+        times seconds per epoch, over the trials running side by side; never past the command's deadline."""
+        until_deadline = None if self.deadline is None else max(0.0, self.deadline - now)
+        per_epoch = self.seconds_per_epoch(running, now) if self.total and self.epochs else None
         if per_epoch is None:
-            return None
+            return until_deadline
         waiting = max(0, self.total - counts.finished - counts.running)
         epochs_left = waiting * self.epochs + sum(max(0, self.epochs - max(t.intermediate_values, default=0))
                                                   for t in running)
-        return epochs_left * per_epoch / max(1, counts.running)
+        by_epochs = epochs_left * per_epoch / max(1, counts.running)
+        return by_epochs if until_deadline is None else min(by_epochs, until_deadline)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -159,7 +159,8 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
     from cifar_hpo.search.cli.progress import StudyProgress
 
     study = opened.study
-    progress = StudyProgress(n_trials, description, disable=quiet, epochs=opened.settings.epochs)
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    progress = StudyProgress(n_trials, description, disable=quiet, epochs=opened.settings.epochs, deadline=deadline)
     try:
         if is_memory(args.storage) or args.recycle_after == 0:
             code = _run_here(opened, n_trials, args.timeout, progress)
@@ -169,7 +170,7 @@ def run_trials(opened: Any, args: argparse.Namespace, n_trials: int | None, desc
             opened.release_data()  # the trial processes load their own
             job = ChildJob(url=args.storage, study=study.study_name, heartbeat=args.heartbeat,
                            worker_index=worker_index, n_trials=n_trials,
-                           deadline=None if args.timeout is None else time.time() + args.timeout,
+                           deadline=deadline,
                            recycle_after=args.recycle_after, data_override=getattr(args, "data", None),
                            threads=threads, artifacts_override=absolute_data_path(getattr(args, "artifacts", None)))
             code = run_in_child_processes(job, on_poll=lambda: progress.poll(study))
@@ -261,7 +262,8 @@ def run_kerastuner_opened(args: argparse.Namespace, opened: Any) -> int:
           f"{tuner}, files in {directory}/)", file=sys.stderr)
     n_trials = budget(args, opened.settings.n_trials)
     study = opened.study
-    progress = StudyProgress(n_trials, args.study, epochs=opened.settings.epochs)
+    progress = StudyProgress(n_trials, args.study, epochs=opened.settings.epochs,
+                             deadline=None if args.timeout is None else time.time() + args.timeout)
     progress.poll(study)
     try:
         run_search(opened, tuner, n_trials=n_trials, timeout=args.timeout, directory=directory,

@@ -56,6 +56,21 @@ def test_time_left_counts_epochs_not_trials() -> None:
     assert progress.status(counts, [trial], NOW) == "t2 epoch 3/4 val 0.5600, best 0.6000, 1 pruned, 0 failed, ≤4m50s left"
 
 
+def test_time_left_never_runs_past_the_commands_deadline() -> None:
+    # the quick preset's case: 12 trials x 6 epochs would take longer than its 15-minute limit
+    progress = StudyProgress(12, "s", disable=True, epochs=6, deadline=NOW + 900.0)
+    progress.update(TrialCounts(complete=1), [], [finished(0, TrialState.COMPLETE, 0.6, 6, 120.0)], now=NOW)
+    counts = TrialCounts(complete=1, best=0.6)
+    assert progress.time_left(counts, [], NOW) == 900.0  # 11 x 6 epochs x 20 s = 22 min by epochs
+    assert progress.time_left(counts, [], NOW + 850.0) == 50.0
+    assert progress.time_left(counts, [], NOW + 2000.0) == 0.0
+    # few epochs left: the epochs decide
+    almost = TrialCounts(complete=11, best=0.6)
+    assert progress.time_left(almost, [], NOW) == 6 * 20.0
+    # a limit without a trial budget (--timeout only) still tells the time left
+    assert StudyProgress(None, "s", disable=True, epochs=6, deadline=NOW + 60.0).time_left(counts, [], NOW) == 60.0
+
+
 def test_plain_lines_per_finished_trial_when_not_a_terminal() -> None:
     stream = io.StringIO()  # not a terminal
     progress = StudyProgress(3, "study", epochs=6, stream=stream)
