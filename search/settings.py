@@ -29,7 +29,7 @@ LOCAL_FIELDS = ("data", "artifacts")
 # What a study written before a field existed meant by it (from_study fills it in): those studies trained in
 # float32, without test-time augmentation or priors, and keep meaning that when resumed, reported or retrained.
 LEGACY_DEFAULTS: dict[str, Any] = {"precision": "float32", "tta": "none", "priors": False, "space_version": 1,
-                                   "preset": "full"}
+                                   "preset": "full", "min_resource": 1}
 
 # `hpo retrain --subset all`: the whole training split, whatever subset the study searched on.
 ALL_IMAGES = "all"
@@ -47,6 +47,9 @@ class StudySettings:
     seed: int = 0
     sampler: str = "tpe"
     pruner: str = "hyperband"
+    # Hyperband's first rung (epochs a trial runs before it can be pruned); benchmarks/search_efficiency.py
+    # compares 1, 2 and 3 (--min-resources).
+    min_resource: int = 1
     baseline: bool = True
     weights: str = "imagenet"
     engine: str = "optuna"
@@ -73,6 +76,10 @@ class StudySettings:
             (self.precision in PRECISIONS,
              f"--precision must be one of {list(PRECISIONS)}, but got {self.precision!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, but got {self.epochs}"),
+            (1 <= self.min_resource <= self.epochs,
+             f"--min-resource must be between 1 and --epochs ({self.epochs}), but got {self.min_resource}"),
+            (self.min_resource == 1 or (self.pruner == "hyperband" and self.engine == "optuna"),
+             "--min-resource applies to the hyperband pruner of the optuna engine; drop it or use --pruner hyperband"),
             (self.val_size >= 10, f"--val-size must be >= 10, but got {self.val_size}"),
             (self.subset is None or self.subset >= 10, f"--subset must be >= 10, but got {self.subset}"),
             (self.n_trials is None or self.n_trials >= 1, f"--n-trials must be >= 1, but got {self.n_trials}"),
@@ -212,7 +219,7 @@ HYPERBAND_REDUCTION_FACTOR = 3
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     """Hyperband over epochs (default), median, or none. Steps are epochs completed (1..epochs)."""
     if settings.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=settings.min_resource, max_resource=settings.epochs,
                                               reduction_factor=HYPERBAND_REDUCTION_FACTOR)
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)

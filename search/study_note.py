@@ -41,7 +41,9 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         f"- **Budget**: {', '.join(budget)}"
         + (f" (preset `{settings.preset}`: what no flag sized; CPU-sized bounds are marked below)"
            if settings.preset != "full" else ""),
-        f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch",
+        f"- **Sampler**: {settings.sampler}; **pruner**: {settings.pruner} on validation accuracy per epoch"
+        + (f" (first rung after {settings.min_resource} epoch{'s' if settings.min_resource > 1 else ''})"
+           if settings.pruner == "hyperband" else ""),
         f"- **Engine**: {settings.engine}; seed baseline enqueued first: {'yes' if settings.baseline else 'no'}",
         "- **Scoring**: validation (and later test) accuracy "
         + ("with horizontal-flip test-time augmentation (predictions of each image and its mirror averaged)"

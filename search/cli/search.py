@@ -76,6 +76,9 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, help="tpe (default) or random")
     parser.add_argument("--pruner", choices=PRUNERS, help="hyperband over epochs (default), median, or none")
     parser.add_argument("--epochs", type=int, metavar="MAX_EPOCHS", help="maximum epochs per trial (default 20)")
+    parser.add_argument("--min-resource", type=int, metavar="EPOCHS",
+                        help=f"hyperband pruner: epochs every trial runs before it can be pruned (default "
+                        f"{StudySettings.min_resource})")
     parser.add_argument("--subset", type=int, metavar="N",
                         help="train on a stratified subset of N images of the training split (quick studies)")
     parser.add_argument("--val-size", type=int, metavar="N",
@@ -114,7 +117,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The study-defining flags actually passed (None = left out)."""
     return {
         "space": args.space, "engine": args.engine, "sampler": args.sampler, "pruner": args.pruner,
-        "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
+        "min_resource": args.min_resource, "epochs": args.epochs, "subset": args.subset, "val_size": args.val_size, "data": args.data,
         "seed": args.seed, "baseline": False if args.no_baseline else None, "weights": args.weights,
         "priors": False if args.no_priors else None, "tta": args.tta, "precision": args.precision,
         "n_trials": args.n_trials, "timeout": args.timeout, "preset": args.preset,

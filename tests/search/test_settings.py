@@ -26,6 +26,9 @@ def test_resume_refuses_different_settings():
     ({"epochs": 0}, "--epochs must be >= 1"),
     ({"sampler": "grid"}, "--sampler must be one of"),
     ({"n_trials": 0}, "--n-trials must be >= 1"),
+    ({"epochs": 4, "min_resource": 5}, r"--min-resource must be between 1 and --epochs \(4\), but got 5"),
+    ({"min_resource": 0}, "--min-resource must be between 1"),
+    ({"pruner": "median", "min_resource": 2}, "--min-resource applies to the hyperband pruner"),
 ])
 def test_impossible_settings(flags, message):
     with pytest.raises(ConfigError, match=message):
@@ -39,6 +42,21 @@ def test_sampler_and_pruner_from_settings():
     assert isinstance(make_sampler(StudySettings(sampler="random")), optuna.samplers.RandomSampler)
     assert isinstance(make_pruner(StudySettings()), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner(StudySettings(pruner="none")), optuna.pruners.NopPruner)
+
+
+def test_hyperband_first_rung_is_the_studys_min_resource_and_old_studies_keep_one_epoch():
+    import optuna
+
+    pruner = make_pruner(StudySettings(epochs=8, min_resource=2))
+    assert pruner._min_resource == 2 and pruner._max_resource == 8  # private: Optuna has no public getter
+    study = optuna.create_study()
+    attrs = StudySettings(epochs=8, min_resource=3).to_attrs()
+    del attrs["hpo_settings"]["min_resource"]  # what an hpo before the setting wrote
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    assert StudySettings.from_study(study).min_resource == 1
+    with pytest.raises(ConfigError, match="min_resource: study has 1, command asks 2"):
+        resolve(StudySettings.from_study(study), {"min_resource": 2})
 
 
 def params_of(opened_study) -> list[tuple]:
