@@ -14,6 +14,16 @@ Best-so-far = the highest validation accuracy of any epoch trained so far (prune
 
     python benchmarks/search_efficiency.py --data /path/cifar10.npz            # the issue's default (hours on CPU)
     python benchmarks/search_efficiency.py --data X --train 2000 --val 1000 --max-epochs 4 --budget-epochs 24 --seeds 2
+    python benchmarks/search_efficiency.py --data X --strategies a_tpe_hyperband,b_random_nopruning --min-resources 1 2 3
+
+``--min-resources`` runs each Hyperband strategy of the Optuna engine once per first rung (epochs a trial
+runs before it can be pruned); the summary's ``min_resource_choice`` says which one met the targets best.
+
+Resumable (the default scale takes ~10 hours on 2 cores): the studies live in a SQLite file under --state
+(default ~/.cache/cifar-hpo/search_efficiency, outside the clone) and every finished run in a state file
+beside it, so the same command continues where a stopped one left off: finished runs are kept, an Optuna
+run continues its study (a trial killed mid-way counts the epochs it trained), a KerasTuner run starts over.
+A different configuration in the same --state folder is refused.
 
 Writes the JSON to --out and a PNG (best-so-far vs cumulative epochs) next to it.
 """
@@ -25,10 +35,11 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,7 +61,10 @@ STRATEGIES = {
 EXTRA_STRATEGIES = {"a_nobaseline": "TPE + Hyperband pruning without the seed baseline"}
 DEFAULT_STRATEGIES = tuple(STRATEGIES)
 STRATEGIES.update(EXTRA_STRATEGIES)
+# The strategies whose pruner is the service's Hyperband: run once per --min-resources value.
+HYPERBAND_STRATEGIES = ("a_tpe_hyperband", "a_nobaseline")
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "search_efficiency.json"
+DEFAULT_STATE = Path.home() / ".cache" / "cifar-hpo" / "search_efficiency"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help="comma-separated, from " + ",".join(STRATEGIES) + " (default: the first three)")
+    p.add_argument("--min-resources", type=int, nargs="+", metavar="EPOCHS",
+                   help="Hyperband first rungs to compare, each a run of every Hyperband strategy (default: the "
+                   "service's default only)")
+    p.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                   help=f"folder of the studies and finished runs, for resuming (default {DEFAULT_STATE})")
+    p.add_argument("--fresh", action="store_true", help="discard what --state holds and start over")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the PNG is written next to it")
     args = p.parse_args(argv)
     unknown = sorted(set(args.strategies.split(",")) - set(STRATEGIES))
@@ -70,7 +90,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     if min(args.train, args.val, args.max_epochs, args.budget_epochs, args.seeds) < 1:
         p.error("--train, --val, --max-epochs, --budget-epochs and --seeds must be >= 1")
+    from cifar_hpo.search.settings import StudySettings
+
+    args.min_resources = sorted(set(args.min_resources or [StudySettings.min_resource]))
+    if not all(1 <= k <= args.max_epochs for k in args.min_resources):
+        p.error(f"--min-resources must be between 1 and --max-epochs ({args.max_epochs})")
     return args
+
+
+def variants(strategies: list[str], min_resources: list[int]) -> list[tuple[str, int | None]]:
+    """(strategy, min_resource) runs per seed: Hyperband strategies once per first rung, the others once."""
+    return [(s, k) for s in strategies for k in (min_resources if s in HYPERBAND_STRATEGIES else [None])]
+
+
+def run_key(strategy: str, min_resource: int | None) -> str:
+    """The run's name in the summary: the strategy, with its first rung where it has one."""
+    return strategy if min_resource is None else f"{strategy}@mr{min_resource}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,13 +145,15 @@ def epochs_to_reach(curve: list[list[float]], target: float) -> int | None:
 # One run per strategy and seed
 
 
-def given_for(strategy: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def given_for(strategy: str, args: argparse.Namespace, seed: int, min_resource: int | None = None) -> dict[str, Any]:
     common = dict(space="cnn", epochs=args.max_epochs, subset=args.train, val_size=args.val, data=args.data,
                   seed=seed, weights=None, n_trials=None, timeout=None)
-    if strategy == "a_tpe_hyperband":
-        return {**common, "engine": "optuna", "sampler": None, "pruner": None, "baseline": None}  # defaults
+    if strategy == "a_tpe_hyperband":  # the service's defaults, but for the first rung being compared
+        return {**common, "engine": "optuna", "sampler": None, "pruner": None, "baseline": None,
+                "min_resource": min_resource}
     if strategy == "a_nobaseline":
-        return {**common, "engine": "optuna", "sampler": None, "pruner": None, "baseline": False}
+        return {**common, "engine": "optuna", "sampler": None, "pruner": None, "baseline": False,
+                "min_resource": min_resource}
     if strategy == "b_random_nopruning":
         return {**common, "engine": "optuna", "sampler": "random", "pruner": "none", "baseline": False}
     return {**common, "engine": "kerastuner", "sampler": None, "pruner": None, "baseline": False}
@@ -140,15 +177,29 @@ def run_kerastuner(opened: Any, budget: int, workdir: Path) -> None:
                root=workdir, stop=lambda study: "budget" if epochs_used(study) >= budget else None)
 
 
-def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:
+def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Path,
+                 min_resource: int | None = None, storage_url: str = "memory://") -> dict[str, Any]:
+    """One strategy on one seed until its epoch budget is spent. On a database storage, an Optuna run whose
+    study exists continues it (its killed trial is failed first; ``resumed`` says so and ``wall_seconds``
+    then counts this process only)."""
     from cifar_hpo.search.study_setup import open_hpo_study
+    from cifar_hpo.storage import make_storage
+    from cifar_hpo.storage.studies import study_exists
 
-    name = f"{strategy}-s{seed}"
+    name = f"{run_key(strategy, min_resource)}-s{seed}"
+    resumed = storage_url != "memory://" and study_exists(make_storage(storage_url), name)
+    if resumed and strategy == "c_kerastuner_hyperband":  # its tuner folder is not resumable here: start over
+        optuna.delete_study(study_name=name, storage=make_storage(storage_url))
+        shutil.rmtree(workdir / name, ignore_errors=True)
+        resumed = False
     start = time.perf_counter()
-    opened = open_hpo_study("memory://", name, given_for(strategy, args, seed))
+    opened = open_hpo_study(storage_url, name, given_for(strategy, args, seed, min_resource))
     if strategy == "c_kerastuner_hyperband":
         run_kerastuner(opened, args.budget_epochs, workdir)
     else:
+        with warnings.catch_warnings():  # Optuna marks fail_stale_trials experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(opened.study)  # a trial of a stopped run: its epochs still count
         run_optuna(opened, args.budget_epochs)
     wall = time.perf_counter() - start
     trials = opened.study.get_trials(deepcopy=False)
@@ -156,8 +207,9 @@ def run_strategy(strategy: str, args: argparse.Namespace, seed: int, workdir: Pa
     states = [t.state for t in trials]
     best_trial = walk["trial"]
     return {
-        "strategy": strategy, "seed": seed, "best_val_accuracy": walk["best"],
-        "epochs_used": epochs_used(opened.study), "wall_seconds": round(wall, 1),
+        "strategy": strategy, "min_resource": min_resource, "key": run_key(strategy, min_resource), "seed": seed,
+        "best_val_accuracy": walk["best"],
+        "epochs_used": epochs_used(opened.study), "wall_seconds": round(wall, 1), "resumed": resumed,
         "trials": len(trials), "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
         "failed": states.count(TrialState.FAIL),
         "infeasible": sum(1 for t in trials if "infeasible" in t.user_attrs),
@@ -212,28 +264,56 @@ def mean_std(values: list[float]) -> dict[str, float | None]:
 
 def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for strategy in STRATEGIES:
-        mine = [r for r in runs if r["strategy"] == strategy]
-        if mine:
-            summary[strategy] = {key: mean_std([r[key] for r in mine])
-                                 for key in ("best_val_accuracy", "epochs_used", "wall_seconds", "trials")}
+    keys = list(dict.fromkeys(r.get("key", r["strategy"]) for r in runs))
+    for key in keys:
+        mine = [r for r in runs if r.get("key", r["strategy"]) == key]
+        summary[key] = {field: mean_std([r[field] for r in mine])
+                        for field in ("best_val_accuracy", "epochs_used", "wall_seconds", "trials")}
     summary["baseline"] = {"best_val_accuracy": mean_std([b["best_val_accuracy"] for b in baselines]),
                            "final_val_accuracy": mean_std([b["final_val_accuracy"] for b in baselines])}
-    # The issue's target: (a) ahead of (b) and (c) on mean best; (a) reaches (b)'s final best within half the budget.
-    a, b, c = (summary.get(s, {}).get("best_val_accuracy", {}).get("mean") for s in DEFAULT_STRATEGIES)
-    reach = []
-    for run_a in (r for r in runs if r["strategy"] == "a_tpe_hyperband"):
-        run_b = next((r for r in runs if r["strategy"] == "b_random_nopruning" and r["seed"] == run_a["seed"]), None)
-        if run_b is not None:
-            at = epochs_to_reach(run_a["curve"], run_b["best_val_accuracy"])
-            reach.append({"seed": run_a["seed"], "b_final_best": run_b["best_val_accuracy"], "a_reaches_it_at_epoch": at,
+    # The targets, for each run of the service's default strategy (one per first rung): it reaches random
+    # search's final best within half the budget in every seed, and its mean is ahead of random's by more
+    # than one standard deviation (the larger of the two strategies' seed-to-seed standard deviations).
+    random_runs = {r["seed"]: r for r in runs if r["strategy"] == "b_random_nopruning"}
+    random_best = summary.get("b_random_nopruning", {}).get("best_val_accuracy", {})
+    kerastuner_mean = summary.get("c_kerastuner_hyperband", {}).get("best_val_accuracy", {}).get("mean")
+    targets = {}
+    for key in (k for k in keys if k.split("@")[0] == "a_tpe_hyperband"):
+        mine = summary[key]["best_val_accuracy"]
+        reach = []
+        for run in (r for r in runs if r.get("key", r["strategy"]) == key and r["seed"] in random_runs):
+            b_best = random_runs[run["seed"]]["best_val_accuracy"]
+            at = epochs_to_reach(run["curve"], b_best)
+            reach.append({"seed": run["seed"], "b_final_best": b_best, "a_reaches_it_at_epoch": at,
                           "within_half_budget": at is not None and at <= budget / 2})
-    summary["target"] = {
-        "a_ahead_of_b": None if a is None or b is None else a > b,
-        "a_ahead_of_c": None if a is None or c is None else a > c,
-        "a_reaches_b_final_within_half_budget": reach,
-    }
+        ahead = margin = None
+        if mine.get("mean") is not None and random_best.get("mean") is not None:
+            margin = round(mine["mean"] - random_best["mean"], 5)
+            if min(mine["n"], random_best["n"]) >= 2:  # one seed has no spread to compare with
+                ahead = margin > max(mine["std"], random_best["std"])
+        targets[key] = {
+            "a_ahead_of_b": None if margin is None else margin > 0,
+            "a_ahead_of_b_by_more_than_one_std": ahead, "margin_over_b": margin,
+            "a_ahead_of_c": None if kerastuner_mean is None or mine.get("mean") is None else mine["mean"] > kerastuner_mean,
+            "a_reaches_b_final_within_half_budget": reach,
+            "met": bool(ahead and reach and all(r["within_half_budget"] for r in reach)),
+        }
+    summary["target"] = targets
+    summary["min_resource_choice"] = choose_min_resource(targets, summary)
     return summary
+
+
+def choose_min_resource(targets: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The first rung to make the default: among the runs that met the targets, the best mean; if none met
+    them, the best mean, said as such."""
+    if not targets:
+        return None
+    met = [k for k, t in targets.items() if t["met"]]
+    pool = met or list(targets)
+    best = max(pool, key=lambda k: summary[k]["best_val_accuracy"]["mean"] or 0.0)
+    rung = int(best.split("@mr")[1]) if "@mr" in best else None
+    return {"key": best, "min_resource": rung, "met_targets": bool(met),
+            "why": "best mean among the runs that met both targets" if met else "no run met both targets: best mean"}
 
 
 def machine() -> dict[str, Any]:
@@ -260,14 +340,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(STRATEGIES, ("tab:blue", "tab:orange", "tab:green", "tab:purple")))
+    keys = list(dict.fromkeys(run.get("key", run["strategy"]) for run in result["runs"]))
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink")
+    colours = {key: palette[i % len(palette)] for i, key in enumerate(keys)}
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in result["runs"]:
         if run["curve"]:
             xs, ys = zip(*run["curve"])
-            ax.step(xs, ys, where="post", color=colours[run["strategy"]], linestyle=styles[run["seed"] % len(styles)],
-                    label=f"{run['strategy']} (seed {run['seed']})")
+            key = run.get("key", run["strategy"])
+            ax.step(xs, ys, where="post", color=colours[key], linestyle=styles[run["seed"] % len(styles)],
+                    label=f"{key} (seed {run['seed']})")
     for base in result["baselines"]:
         ax.axhline(base["best_val_accuracy"], color="grey", linestyle=styles[base["seed"] % len(styles)], linewidth=0.8,
                    label=f"seed baseline, {base['epochs']} epochs (seed {base['seed']})")
@@ -285,13 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     strategies = args.strategies.split(",")
+    config = {"space": "cnn", "data": args.data, "train": args.train, "val": args.val, "max_epochs": args.max_epochs,
+              "budget_epochs": args.budget_epochs, "seeds": list(range(args.seeds)),
+              "min_resources": args.min_resources}
+    state = RunState(args.state, config, fresh=args.fresh)
     result: dict[str, Any] = {
         "benchmark": "search_efficiency",
         "command": "python benchmarks/search_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": state.data["started"],
         "machine": machine(),
-        "config": {"space": "cnn", "data": args.data, "train": args.train, "val": args.val,
-                   "max_epochs": args.max_epochs, "budget_epochs": args.budget_epochs, "seeds": list(range(args.seeds))},
+        "config": config,
         "strategies": {s: STRATEGIES[s] for s in strategies},
         "definitions": {
             "epochs_used": "training epochs actually run by the strategy's trials (a resumed Hyperband round "
@@ -300,31 +386,63 @@ def main(argv: list[str] | None = None) -> int:
             "curve": "[cumulative epochs, best-so-far validation accuracy]",
             "trial_log": "[trial number, state, epochs trained, best validation accuracy it reached, baseline, "
                          "validation accuracy per trained epoch]",
+            "key": "strategy, with @mrK for a Hyperband strategy run with min_resource K",
         },
-        "runs": [], "baselines": [],
+        "runs": state.data["runs"], "baselines": state.data["baselines"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
+        state.save()
         result["summary"] = summarize(result["runs"], result["baselines"], args.budget_epochs)
         args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
 
-    with tempfile.TemporaryDirectory(prefix="search_efficiency_") as workdir:
-        for seed in range(args.seeds):
+    workdir = args.state / "kerastuner"
+    for seed in range(args.seeds):
+        if not any(b["seed"] == seed for b in result["baselines"]):
             result["baselines"].append(run_baseline(args, seed))
             print(f"seed {seed} baseline: {result['baselines'][-1]['best_val_accuracy']:.4f}", file=sys.stderr)
             save()
-            for strategy in strategies:
-                run = run_strategy(strategy, args, seed, Path(workdir))
-                result["runs"].append(run)
-                print(f"seed {seed} {strategy}: best {run['best_val_accuracy']:.4f} in {run['epochs_used']} epochs, "
-                      f"{run['trials']} trials, {run['wall_seconds']:.0f} s", file=sys.stderr)
-                save()
+        for strategy, min_resource in variants(strategies, args.min_resources):
+            key = run_key(strategy, min_resource)
+            if any(r.get("key", r["strategy"]) == key and r["seed"] == seed for r in result["runs"]):
+                continue  # finished by an earlier process
+            run = run_strategy(strategy, args, seed, workdir, min_resource, state.storage_url)
+            result["runs"].append(run)
+            print(f"seed {seed} {key}: best {run['best_val_accuracy']:.4f} in {run['epochs_used']} epochs, "
+                  f"{run['trials']} trials, {run['wall_seconds']:.0f} s", file=sys.stderr)
+            save()
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
     plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result["summary"], indent=1))
     return 0
+
+
+class RunState:
+    """The runs finished so far and the studies of the run under way, in --state (outside the clone)."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], *, fresh: bool) -> None:
+        self.path = folder / "state.json"
+        self.storage_url = f"sqlite:///{folder / 'studies.db'}"
+        if fresh and folder.exists():
+            for name in ("state.json", "studies.db", "studies.db-wal", "studies.db-shm"):
+                (folder / name).unlink(missing_ok=True)
+            shutil.rmtree(folder / "kerastuner", ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            if self.data["config"] != config:
+                raise SystemExit(f"search_efficiency: {folder} holds a run of another configuration "
+                                 f"({self.data['config']}); pass --fresh to discard it or --state NEW_FOLDER")
+            print(f"search_efficiency: resuming from {folder} ({len(self.data['runs'])} runs finished)",
+                  file=sys.stderr)
+        else:
+            self.data = {"config": config, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "runs": [], "baselines": []}
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""How benchmarks/search_efficiency.py chooses Hyperband's first rung from its runs (the default it sets)."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+from hpo_testkit import ROOT
+
+BUDGET = 120
+
+
+def load_benchmark() -> ModuleType:
+    """The benchmark script itself (benchmarks/ is not a package): the test runs exactly what it decides with."""
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(key: str, seed: int, best: float, reached_at: int) -> dict:
+    strategy = key.split("@")[0]
+    curve = [[1, 0.3], [reached_at, best], [BUDGET, best]]
+    return {"strategy": strategy, "key": key, "seed": seed, "best_val_accuracy": best, "curve": curve,
+            "epochs_used": BUDGET, "wall_seconds": 1.0, "trials": 10}
+
+
+def test_the_first_rung_that_meets_both_targets_is_chosen_over_a_higher_mean_that_misses_one() -> None:
+    bench = load_benchmark()
+    runs = []
+    for seed, random_best in enumerate((0.80, 0.81, 0.79)):
+        runs.append(run("b_random_nopruning", seed, random_best, 100))
+        runs.append(run("a_tpe_hyperband@mr1", seed, random_best + 0.005, 90))  # ahead, but later than half
+        runs.append(run("a_tpe_hyperband@mr2", seed, random_best + 0.03, 40))  # ahead by > 1 std, early
+        runs.append(run("a_tpe_hyperband@mr3", seed, random_best + 0.04, 70 if seed == 1 else 30))  # one seed late
+    summary = bench.summarize(runs, [], BUDGET)
+    targets = summary["target"]
+    assert [targets[k]["met"] for k in ("a_tpe_hyperband@mr1", "a_tpe_hyperband@mr2", "a_tpe_hyperband@mr3")] == \
+        [False, True, False]
+    assert targets["a_tpe_hyperband@mr1"]["a_ahead_of_b_by_more_than_one_std"] is False  # 0.5 points < 1 point std
+    assert summary["min_resource_choice"] == {"key": "a_tpe_hyperband@mr2", "min_resource": 2, "met_targets": True,
+                                              "why": "best mean among the runs that met both targets"}
+
+
+def test_one_seed_cannot_meet_the_spread_target_and_the_choice_says_so() -> None:
+    bench = load_benchmark()
+    runs = [run("b_random_nopruning", 0, 0.80, 100), run("a_tpe_hyperband@mr1", 0, 0.85, 10),
+            run("a_tpe_hyperband@mr2", 0, 0.86, 10)]
+    summary = bench.summarize(runs, [], BUDGET)
+    assert summary["target"]["a_tpe_hyperband@mr2"]["a_ahead_of_b_by_more_than_one_std"] is None
+    assert summary["min_resource_choice"]["met_targets"] is False
+    assert summary["min_resource_choice"]["min_resource"] == 2
+
+
+def test_hyperband_strategies_run_once_per_first_rung_and_the_others_once() -> None:
+    bench = load_benchmark()
+    assert bench.variants(["a_tpe_hyperband", "b_random_nopruning"], [1, 3]) == [
+        ("a_tpe_hyperband", 1), ("a_tpe_hyperband", 3), ("b_random_nopruning", None)]
