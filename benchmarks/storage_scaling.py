@@ -1,20 +1,27 @@
 """Storage scaling: K worker processes on one study with a fast dummy objective, service vs plain Optuna.
 
 Each trial sleeps --trial-seconds in total while reporting 10 intermediate values, so the ideal rate is
-K / trial_seconds trials/s; efficiency = measured / ideal. Each configuration (storage x K x mode) runs in
-its own fresh study; "service" workers use storage.make_storage + cifar_hpo.search.runtime.worker.run_worker (WAL/busy
-timeout/BEGIN IMMEDIATE on SQLite, pre-ping pool on PostgreSQL, heartbeats, budget checks), "plain" workers
-use optuna.load_study(storage=URL).optimize with Optuna's defaults. Both use RandomSampler, so the
-storage, not the sampler, is measured. The order of the modes alternates per K so machine noise hits both.
+K / trial_seconds trials/s. Each configuration (storage x K x mode) runs in its own fresh study; "service"
+workers use storage.make_storage + cifar_hpo.search.runtime.worker.run_worker (WAL/busy timeout/BEGIN
+IMMEDIATE on SQLite, pre-ping pool on PostgreSQL, heartbeats, budget checks), "plain" workers use
+optuna.load_study(storage=URL).optimize with Optuna's defaults, "proxy" workers are the service's talking to
+`hpo storage-proxy` (grpc://) in front of PostgreSQL. All use RandomSampler, so the storage, not the sampler,
+is measured. The order of the modes rotates per K so machine noise hits each.
 
-Each row also records how busy the whole machine's CPUs were during the window (workers, database server
-and anything else) and the machine CPU seconds per completed trial: a busy fraction near 1 means the cores,
+The window opens once every worker has imported, connected and loaded the study (each says "ready").
+``efficiency`` = trials done in the window / ideal, where a complete trial counts the share of its duration
+(ask to tell) inside the window (see window_credit); ``efficiency_whole_trials`` counts only trials that
+completed inside it (it rounds each worker down to whole trials: at most (window - 1 trial) / window).
+
+Each row also records how busy the whole machine's CPUs were during the window (workers, proxy, database
+server and anything else) and the machine CPU seconds per trial: a busy fraction near 1 means the cores,
 not the storage, set the rate, and ``cores_needed_estimate`` = target efficiency x K / trial_seconds x CPU
 seconds per trial says how many cores the efficiency target would take at that per-trial cost.
 
     python benchmarks/storage_scaling.py [--workers 1 4 8 16] [--seconds 15] [--sqlite-dir DIR]
                                          [--postgres postgresql://postgres@127.0.0.1:5432/test]
-    python benchmarks/storage_scaling.py --profile sleep   # 1 s trials: PostgreSQL 1/4/8/16, SQLite 1/4
+                                         [--modes plain service proxy]
+    python benchmarks/storage_scaling.py --profile sleep   # 1 s trials: PostgreSQL 1/4/8/16 (with proxy), SQLite 1/4
 
 Two profiles, kept side by side in one JSON (``runs``, one per profile; a rerun replaces its own):
 ``cpu`` (0.2 s trials, the default) finds where this machine's cores set the rate; ``sleep`` (1 s trials
@@ -43,8 +50,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "storage_scaling.json"
 WORKER = r'''
 import json, sys, time, logging
 import optuna
-mode, url, study_name, start_at, seconds, trial_seconds = sys.argv[1:7]
-start_at, seconds, trial_seconds = float(start_at), float(seconds), float(trial_seconds)
+mode, url, study_name, trial_seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 errors = {"locked": 0, "other": 0}
 class Count(logging.Handler):
@@ -59,27 +65,40 @@ def objective(trial):
         trial.report(x * step, step)
     return x
 sampler = optuna.samplers.RandomSampler()
-if mode == "service":
+if mode == "plain":
+    study = optuna.load_study(study_name=study_name, storage=url, sampler=sampler)
+else:  # service, directly or through the proxy (a grpc:// URL)
     from cifar_hpo.storage import make_storage
     from cifar_hpo.search.runtime.worker import run_worker
     study = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=sampler)
-else:
-    study = optuna.load_study(study_name=study_name, storage=url, sampler=sampler)
+print("ready", flush=True)
+start_at, stop_at = map(float, sys.stdin.readline().split())  # once every worker is ready
 time.sleep(max(0.0, start_at - time.time()))
-done = 0
-def count(study, trial):
-    global done
-    if trial.datetime_complete and trial.datetime_complete.timestamp() <= start_at + seconds:
-        done += trial.state == optuna.trial.TrialState.COMPLETE
 try:
-    if mode == "service":
-        run_worker(study, objective, n_trials=10**9, timeout=start_at + seconds - time.time(), on_trial_end=count)
+    if mode == "plain":
+        study.optimize(objective, timeout=stop_at - time.time(), catch=(Exception,))
     else:
-        study.optimize(objective, timeout=start_at + seconds - time.time(), callbacks=[count], catch=(Exception,))
+        run_worker(study, objective, n_trials=10**9, timeout=stop_at - time.time())
 except Exception as err:
     errors["locked" if "locked" in str(err).lower() else "other"] += 1
-print(json.dumps({"completed": done, **errors}))
+print(json.dumps(errors))
 '''
+
+
+def window_credit(trials: list, start_at: float, stop_at: float) -> tuple[float, int]:
+    """(trials done in the window, completed trials that ended in it). A complete trial counts the share of
+    its own duration (ask to tell) that fell inside the window, so one straddling the window's end counts in
+    part: the whole-trial count undercounts by up to one trial per worker (1 s trials, 20 s window: <= 5%),
+    which is the window's rounding, not the storage's cost. Gaps between a worker's trials count against it."""
+    done, whole = 0.0, 0
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.COMPLETE or not trial.datetime_start or not trial.datetime_complete:
+            continue
+        begin, end = trial.datetime_start.timestamp(), trial.datetime_complete.timestamp()
+        inside = max(0.0, min(end, stop_at) - max(begin, start_at))
+        done += inside / (end - begin) if end > begin else float(start_at <= end <= stop_at)
+        whole += start_at <= end <= stop_at
+    return done, whole
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:
@@ -97,48 +116,76 @@ def run_config(mode: str, url: str, workers: int, seconds: float, trial_seconds:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     admin_url = url.replace("postgresql://", "postgresql+psycopg://", 1)  # opened here with psycopg 3
     optuna.create_study(study_name=name, storage=admin_url)
-    start_at = time.time() + 8 + 0.5 * workers  # every process imports and connects before the clock starts
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, url, name, str(start_at), str(seconds),
-                               str(trial_seconds)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(workers)]
+    proxy, target = None, url
+    if mode == "proxy":  # `hpo storage-proxy` in front of the database, the service's workers on grpc://
+        from storage_proxy import PROXY, free_port
+
+        port = free_port()
+        proxy = subprocess.Popen([sys.executable, "-c", PROXY, url, str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        if proxy.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the proxy did not start: {proxy.communicate()[1][-2000:]}")
+        target = f"grpc://127.0.0.1:{port}"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, target, name, str(trial_seconds)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    for proc in procs:  # the window opens once every worker has imported, connected and loaded the study
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a worker did not start: {proc.communicate()[1][-2000:]}")
+    start_at = time.time() + 1.0
+    stop_at = start_at + seconds
+    for proc in procs:
+        proc.stdin.write(f"{start_at} {stop_at}\n")
+        proc.stdin.flush()
     time.sleep(max(0.0, start_at - time.time()))
     cpu_before = machine_cpu_seconds()
-    time.sleep(max(0.0, start_at + seconds - time.time()))
+    time.sleep(max(0.0, stop_at - time.time()))
     cpu_after = machine_cpu_seconds()
     outputs = [p.communicate(timeout=seconds + 300) for p in procs]
-    late = time.time() > start_at + seconds + 60
+    late = time.time() > stop_at + 60
+    if proxy is not None:
+        proxy.terminate()
+        proxy.communicate(timeout=60)
     reports, stderr_locked, error_samples = [], 0, []
     for proc, (out, err) in zip(procs, outputs):
         stderr_locked += err.lower().count("database is locked")
         try:
             reports.append(json.loads(out.strip().splitlines()[-1]))
         except (IndexError, json.JSONDecodeError):
-            reports.append({"completed": 0, "locked": 0, "other": 1})
+            reports.append({"locked": 0, "other": 1})
         if err.strip() or reports[-1]["locked"] or reports[-1]["other"]:
             error_samples.append(err.strip()[-1500:] or out.strip()[-300:])  # what went wrong, for the JSON
     study = optuna.load_study(study_name=name, storage=admin_url)
     trials = study.get_trials(deepcopy=False)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     lost = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)  # every worker has exited by now
-    completed = sum(r["completed"] for r in reports)
-    rate = completed / seconds
+    done, whole = window_credit(trials, start_at, stop_at)
     ideal = workers / trial_seconds
     optuna.delete_study(study_name=name, storage=admin_url)
     busy = None if cpu_before is None else [a - b for a, b in zip(cpu_after, cpu_before)]
-    return {"mode": mode, "workers": workers, "completed_in_window": completed, "trials_per_s": round(rate, 3),
-            "efficiency": round(rate / ideal, 3), "failed_trials": failed,
+    return {"mode": mode, "workers": workers, "trials_in_window": round(done, 2), "completed_in_window": whole,
+            "trials_per_s": round(done / seconds, 3), "efficiency": round(done / seconds / ideal, 3),
+            "efficiency_whole_trials": round(whole / seconds / ideal, 3), "failed_trials": failed,
             "lost_trials": lost, "locked_errors": sum(r["locked"] for r in reports) + stderr_locked,
             "worker_errors": sum(r["other"] for r in reports), "late": late,
-            # every process on the machine (workers, database server, anything else) during the window
+            # every process on the machine (workers, proxy, database server, anything else) during the window
             "machine_cpu_busy": None if busy is None else round(busy[0] / busy[1], 3),
-            "cpu_seconds_per_trial": None if busy is None or not completed else round(busy[0] / completed, 4),
+            "cpu_seconds_per_trial": None if busy is None or not done else round(busy[0] / done, 4),
             "error_samples": error_samples[:3]}
 
 
 PROFILES = {
-    "cpu": {"trial_seconds": 0.2, "seconds": 15.0, "workers": {"sqlite": [1, 4, 8, 16], "postgresql": [1, 4, 8, 16]}},
-    "sleep": {"trial_seconds": 1.0, "seconds": 30.0, "workers": {"sqlite": [1, 4], "postgresql": [1, 4, 8, 16]}},
+    "cpu": {"trial_seconds": 0.2, "seconds": 15.0, "workers": {"sqlite": [1, 4, 8, 16], "postgresql": [1, 4, 8, 16]},
+            "modes": {"sqlite": ["plain", "service"], "postgresql": ["plain", "service"]}},
+    "sleep": {"trial_seconds": 1.0, "seconds": 30.0, "workers": {"sqlite": [1, 4], "postgresql": [1, 4, 8, 16]},
+              "modes": {"sqlite": ["plain", "service"], "postgresql": ["plain", "service", "proxy"]}},
 }
+
+
+def mode_order(modes: list[str], index: int) -> list[str]:
+    """The modes rotated by one per worker count, so machine noise does not always hit the same one first."""
+    shift = index % len(modes)
+    return modes[shift:] + modes[:shift]
 
 
 def main() -> None:
@@ -152,6 +199,8 @@ def main() -> None:
                                                              "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--sqlite-dir", type=Path, default=None)
     parser.add_argument("--storages", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--modes", nargs="+", choices=("plain", "service", "proxy"),
+                        help="default: the profile's (proxy: PostgreSQL through `hpo storage-proxy`, sleep profile)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -161,25 +210,29 @@ def main() -> None:
     sqlite_dir = args.sqlite_dir or Path(tempfile.mkdtemp(prefix="hpo-bench-"))
     rows = []
     for storage in args.storages:
+        modes = [m for m in (args.modes or profile["modes"][storage]) if m != "proxy" or storage == "postgresql"]
         for index, workers in enumerate(args.workers or profile["workers"][storage]):
-            for mode in ("plain", "service") if index % 2 == 0 else ("service", "plain"):
+            for mode in mode_order(modes, index):
                 url = (f"sqlite:///{sqlite_dir / f'{mode}-{workers}.db'}" if storage == "sqlite"
                        else args.postgres)
                 row = {"storage": storage, **run_config(mode, url, workers, args.seconds, args.trial_seconds)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    pairs = {}
+    pairs: dict[tuple[str, int], dict[str, dict]] = {}
     for row in rows:
         pairs.setdefault((row["storage"], row["workers"]), {})[row["mode"]] = row
     comparison = []
     for (storage, workers), pair in pairs.items():
-        if {"plain", "service"} <= set(pair) and pair["service"]["completed_in_window"]:
-            plain_per_trial = args.seconds * workers / max(1, pair["plain"]["completed_in_window"])
-            service_per_trial = args.seconds * workers / pair["service"]["completed_in_window"]
-            comparison.append({"storage": storage, "workers": workers,
+        if "plain" not in pair or not pair["plain"]["trials_in_window"]:
+            continue
+        plain_per_trial = args.seconds * workers / pair["plain"]["trials_in_window"]
+        for mode in (m for m in pair if m != "plain" and pair[m]["trials_in_window"]):
+            per_trial = args.seconds * workers / pair[mode]["trials_in_window"]
+            comparison.append({"storage": storage, "workers": workers, "mode": mode,
                                "plain_seconds_per_trial_per_worker": round(plain_per_trial, 4),
-                               "service_seconds_per_trial_per_worker": round(service_per_trial, 4),
-                               "service_overhead_vs_plain": round(service_per_trial / plain_per_trial - 1, 4)})
+                               "seconds_per_trial_per_worker": round(per_trial, 4),
+                               "overhead_vs_plain": round(per_trial / plain_per_trial - 1, 4),
+                               "efficiency_minus_plain": round(pair[mode]["efficiency"] - pair["plain"]["efficiency"], 3)})
     cores_needed = [
         {"storage": row["storage"], "mode": row["mode"], "workers": row["workers"],
          "cores_for_efficiency_0.90": round(0.9 * row["workers"] / args.trial_seconds * row["cpu_seconds_per_trial"], 1)}
