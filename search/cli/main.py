@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         fault = storage_fault(err)  # disk full, read-only, ... hit outside a worker loop (opening, reading)
         if fault is None:
             raise
-        where = f" {mask_url(args.storage)}" if isinstance(getattr(args, "storage", None), str) else ""
+        urls = getattr(args, "storage", None)
+        urls = [urls] if isinstance(urls, str) else urls or []  # hpo report takes one per study
+        where = f" {', '.join(mask_url(url) for url in urls)}" if urls else ""
         print(f"hpo {args.command if args else '-'}: error: storage{where}: {fault}", file=sys.stderr)
         return ExitCode.CONFIG
     except KeyboardInterrupt:

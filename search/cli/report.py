@@ -42,6 +42,18 @@ def _load(url: str, name: str) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------------------- report
+def study_storages(studies: list[str], storages: list[str] | None) -> list[tuple[str, str]]:
+    """(study, storage URL) pairs: one --storage for every study, or one per --study in the same order (studies
+    from different machines or databases compared in one report)."""
+    storages = storages or [default_storage()]
+    if len(storages) == 1:
+        return [(name, storages[0]) for name in studies]
+    if len(storages) != len(studies):
+        raise ConfigError(f"give one --storage for all studies or one per --study, in the same order "
+                          f"({len(studies)} studies, {len(storages)} storages)")
+    return list(zip(studies, storages))
+
+
 def run_report(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -58,16 +70,16 @@ def run_report(args: argparse.Namespace) -> int:
     _positive("--top", args.top)
     _positive("--epochs", args.epochs)
     evaluate = args.evaluate or args.retrain
-    names = list(dict.fromkeys(args.study))
-    opened = [_load(args.storage, name) for name in names]
+    places = list(dict.fromkeys(study_storages(args.study, args.storage)))
+    opened = [(*_load(url, name), url) for name, url in places]
     plans = []
-    for study, settings in opened:  # every study and its data checked before any training
+    for study, settings, url in opened:  # every study and its data checked before any training
         trials = study.get_trials(deepcopy=False)
         seeds = evaluation_seeds(settings, args.seeds)
         candidates = choose_candidates(trials, rank_trials(trials), args.top, settings, args.epochs,
                                        with_baseline=not args.no_baseline)
         # The trials' own kept models are evaluated as they are (no retraining), unless --retrain.
-        store = None if args.retrain else store_for(args.artifacts or settings.artifacts, args.storage)
+        store = None if args.retrain else store_for(args.artifacts or settings.artifacts, url)
         models = kept_models(study, settings, candidates, store)
         retrained = [c for c in candidates if c.key not in models]
         stored = stored_evaluations(study, candidates, seeds, settings.data_fingerprint)
@@ -87,7 +99,7 @@ def run_report(args: argparse.Namespace) -> int:
                            **evaluate_kept_models(study, settings, data, candidates, models, store, on_run=on_run)}
         rankings.append(study_ranking(study, dataclasses.asdict(settings), evaluations, CLASS_NAMES, images))
     meta = ReportMeta(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      storage=mask_url(args.storage), top_k=args.top, class_names=list(CLASS_NAMES),
+                      storage=", ".join(dict.fromkeys(mask_url(url) for _, url in places)), top_k=args.top, class_names=list(CLASS_NAMES),
                       folder=args.out)
     written = write_report(args.out, rankings, images, meta)
     for r in rankings:
@@ -244,7 +256,9 @@ def register(subparsers: Any) -> None:
         "--retrain retrains them all. Results are stored in the study and reused by the next report.")
     report.add_argument("--study", action="append", required=True, metavar="NAME",
                         help="study name; repeat to compare studies side by side")
-    report.add_argument("--storage", default=default_storage(), metavar="URL", help=STORAGE_HELP)
+    report.add_argument("--storage", action="append", metavar="URL",
+                        help=STORAGE_HELP + "; repeat it, once per --study in the same order, to compare studies "
+                        "kept in different storages")
     report.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K",
                         help=f"configurations shown and evaluated (default {DEFAULT_TOP})")
     report.add_argument("--out", default="report", metavar="DIR", help="output folder (default ./report)")

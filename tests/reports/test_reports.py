@@ -203,6 +203,28 @@ def test_report_file_names_are_visible_and_distinct_per_study(tmp_path: Path) ->
     assert all(f"]({curve})" in md for curve in curves)
 
 
+def test_one_report_compares_studies_kept_in_different_storages(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A CNN study in one file and an inception study in another (say, from another machine): one --storage
+    per --study, in order; a count that matches neither one nor the studies is a one-line error."""
+    cnn_url, inception_url = f"sqlite:///{tmp_path / 'cnn.db'}", f"sqlite:///{tmp_path / 'inception.db'}"
+    make_study(cnn_url, "cnn", SETTINGS, n_complete=2)
+    make_study(inception_url, "inception", dataclasses.replace(SETTINGS, space="inception"), n_complete=2, seed=1)
+    out = tmp_path / "rep"
+    assert main(["report", "--study", "cnn", "--storage", cnn_url, "--study", "inception", "--storage", inception_url,
+                 "--out", str(out)]) == 0
+    ranked = json.loads((out / "ranking.json").read_text())
+    assert [s["study"] for s in ranked["studies"]] == ["cnn", "inception"]
+    assert "Comparison of studies" in (out / "report.md").read_text()
+    assert cnn_url.split("///")[1] in (out / "report.md").read_text()
+    capsys.readouterr()
+    rc = main(["report", "--study", "cnn", "--study", "inception", "--study", "x", "--storage", cnn_url,
+               "--storage", inception_url, "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "one per --study" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
 def test_report_on_missing_study_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = sqlite_url(tmp_path)
     make_study(url, "alpha", SETTINGS, n_complete=1)
