@@ -15,6 +15,14 @@ measured speedup can exceed it.
 
     nice -n 10 .venv/bin/python benchmarks/transfer_cache.py --data /work/assets/cifar10.npz \
         --weights /work/assets/inception_v3_imagenet_notop.weights.h5 --subset 1000 --val-size 1000
+
+The cache fill's own speed (``extraction``): the frozen trunk's images/s in float32 (before) and under the
+mixed bfloat16 policy the cache fill uses on a CPU with bf16 (after), per batch size, with the bf16 features'
+cosine similarity to float32 (benchmarks/precision.py's extraction, the same measurement). ``--extraction-only``
+measures just that and keeps the rest of an existing JSON:
+
+    python benchmarks/transfer_cache.py --data DIR/cifar10.npz --weights DIR/inception_v3_imagenet_notop.weights.h5 \
+        --extraction-only [--extract-images 500] [--trunk-batches 16,32,64] [--extract-repeats 2]
 """
 
 from __future__ import annotations
@@ -156,6 +164,38 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "best_val_accuracy_cached_mean": round(statistics.mean(r["cached"]["best_val_accuracy"] for r in runs), 4)}
 
 
+def measure_extraction(x: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Trunk images/s, float32 (before) vs mixed bf16 (after, what the cache fill uses where the CPU has bf16)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from precision import extraction
+
+    from cifar_hpo.search.models.precision import resolve_here
+
+    batches = [int(b) for b in args.trunk_batches.split(",")]
+    section = extraction(x[:args.extract_images], args.weights, batches, args.extract_repeats,
+                         lambda line: print(line, flush=True))
+    speed = section["median_images_per_s_by_batch"]
+    best = {policy: max(by_batch.values()) for policy, by_batch in speed.items()}
+    return {**section, "policy_auto_resolves_to": resolve_here("auto"),
+            "before_float32_best_images_per_s": best["float32"],
+            "after_bf16_best_images_per_s": best["mixed_bfloat16"],
+            "after_over_before": round(best["mixed_bfloat16"] / best["float32"], 3)}
+
+
+def extraction_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from cifar_hpo.search.models.data import load_cifar10
+
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    section = measure_extraction(load_cifar10(args.data).x_train, args)
+    section["command"] = "python benchmarks/transfer_cache.py " + " ".join(argv or sys.argv[1:])
+    report["extraction"] = section
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"extraction: float32 {section['before_float32_best_images_per_s']} -> bf16 "
+          f"{section['after_bf16_best_images_per_s']} images/s ({section['after_over_before']}x); wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 .npz")
@@ -168,7 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (the data split stays seed 0)")
     parser.add_argument("--only", choices=("frozen_extractor", "finetune_top1", "finetune_top2"), action="append")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_cache.json")
+    parser.add_argument("--extract-images", type=int, default=500, help="images per extraction measurement")
+    parser.add_argument("--trunk-batches", default="16,32,64", help="comma-separated extraction batch sizes")
+    parser.add_argument("--extract-repeats", type=int, default=2)
+    parser.add_argument("--extraction-only", action="store_true",
+                        help="measure only the trunk's extraction speed, float32 vs bf16; keep the JSON's other results")
     args = parser.parse_args(argv)
+    if args.extraction_only:
+        return extraction_only(args, argv)
 
     import tensorflow as tf
 
@@ -210,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_at_start": os.getloadavg()[0]},
         "command": "python benchmarks/transfer_cache.py " + " ".join(argv or sys.argv[1:]),
         "results": results,
+        "extraction": measure_extraction(split.x_train, args),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
