@@ -356,7 +356,23 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     )
 
 
-_record_heartbeat = retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)
+@retry_on_disconnect
+def _record_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    """Set the trial's heartbeat to the database's time: one UPDATE (an INSERT at the first beat).
+
+    Optuna's RDBStorage.record_heartbeat reads the row, reads it again for update, reads the time and writes
+    it (4 statements every heartbeat interval for every running trial). Only the trial's own heartbeat
+    thread writes its row, so the UPDATE-else-INSERT cannot race with another writer of it.
+    """
+    # Optuna's table models are private (optuna.storages._rdb.models); there is no public query for this.
+    from optuna.storages._rdb import models
+
+    beats = models.TrialHeartbeatModel.__table__
+    with storage.engine.begin() as connection:
+        updated = connection.execute(sqlalchemy.update(beats).where(beats.c.trial_id == trial_id)
+                                     .values(heartbeat=sqlalchemy.func.now()))
+        if updated.rowcount == 0:
+            connection.execute(sqlalchemy.insert(beats).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now()))
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
 # No public API queries stale trials: Optuna's fail_stale_trials calls this, and so does the scheduled override.
 @retry_on_disconnect

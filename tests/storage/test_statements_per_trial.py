@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -186,4 +187,23 @@ def test_the_stale_check_answers_as_optuna_does_in_one_statement(heartbeat_stora
     assert ours == optunas == [stale._trial_id]
     assert silent._trial_id not in ours and fresh._trial_id not in ours
     assert counter.counts().statements == 1
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_heartbeat_is_one_update_and_keeps_a_trial_fresh(heartbeat_storage) -> None:
+    storage = heartbeat_storage
+    study = optuna.create_study(study_name=f"beat-{uuid.uuid4().hex[:8]}", storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # the first beat inserts the row
+    with storage.engine.begin() as connection:  # silent for two minutes: stale
+        connection.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :old WHERE trial_id = :id"),
+                           {"old": datetime(2000, 1, 1), "id": trial._trial_id})
+    storage.check_stale_trials_every(study._study_id, None)
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    with count_statements(storage.engine) as counter:
+        storage.record_heartbeat(trial._trial_id)
+    assert (counter.counts().update, counter.counts().statements) == (1, 1)
+    assert storage._get_stale_trial_ids(study._study_id) == []  # beating again made it fresh
+    assert optuna.storages.RDBStorage._get_stale_trial_ids(storage, study._study_id) == []  # Optuna agrees
     optuna.delete_study(study_name=study.study_name, storage=storage)
