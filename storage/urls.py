@@ -364,7 +364,7 @@ def _record_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Non
     it (4 statements every heartbeat interval for every running trial). Only the trial's own heartbeat
     thread writes its row, so the UPDATE-else-INSERT cannot race with another writer of it.
     """
-    # Optuna's table models are private (optuna.storages._rdb.models); there is no public query for this.
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
     from optuna.storages._rdb import models
 
     beats = models.TrialHeartbeatModel.__table__
@@ -384,7 +384,7 @@ def _stale_trial_ids_in_one_query(storage: optuna.storages.RDBStorage, study_id:
     worker's reaper asks every quarter heartbeat interval, so this is most of a long trial's statements.
     Trials without a heartbeat row are skipped, as Optuna skips them.
     """
-    # Optuna's table models are private (optuna.storages._rdb.models); there is no public query for this.
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
     from optuna.storages._rdb import models
 
     grace = storage.grace_period if storage.grace_period is not None else 2 * storage.heartbeat_interval

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from cifar_hpo.search.cli.main import build_parser, main
+from cifar_hpo.search.cli.report import study_storages
 from cifar_hpo.storage import mask_url
 
 SECRET = "Zx9/q@r:7"  # the characters that broke the old pattern: / @ :
@@ -42,8 +43,10 @@ def test_every_command_takes_its_storage_from_HPO_STORAGE(monkeypatch):
     monkeypatch.setenv("HPO_STORAGE", url)
     parser = build_parser()
     for argv in (["search", "--study", "s"], ["worker", "--study", "s"], ["launch", "--study", "s", "--workers", "1"],
-                 ["report", "--study", "s"], ["export", "--study", "s", "-o", "x.json"], ["dashboard"]):
+                 ["export", "--study", "s", "-o", "x.json"], ["dashboard"]):
         assert parser.parse_args(argv).storage == url, argv
+    report = parser.parse_args(["report", "--study", "s", "--study", "t"])  # one --storage per study, or none
+    assert study_storages(report.study, report.storage) == [("s", url), ("t", url)]
     assert SECRET not in parser.format_help() and ENCODED not in parser.format_help()
     monkeypatch.delenv("HPO_STORAGE")
     assert build_parser().parse_args(["worker", "--study", "s"]).storage == "sqlite:///hpo.db"
