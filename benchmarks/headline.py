@@ -98,6 +98,29 @@ def search_phase(args: argparse.Namespace, url: str, state: State, log: Path, sp
     state.save()
 
 
+def evaluate_kept_model(args: argparse.Namespace, url: str, state: State, log: Path, name: str) -> None:
+    """Final phase without retraining: `hpo report --evaluate --top 1 --no-baseline` scores the kept model (an
+    Optuna artifact) of the trial with the best validation accuracy ONCE on the test images, with the study's
+    test-time augmentation."""
+    if "final" in state.data:
+        return
+    folder = args.state_dir / f"{args.study}-report"
+    report = hpo("report", "--study", args.study, "--storage", url, "--evaluate", "--top", "1", "--no-baseline",
+                 "--data", args.data, "--out", str(folder))
+    state.data["commands"].append(shown(report, args.data))
+    code = run_until(report, 6 * 3600, log, state, "final")
+    if code != 0:
+        raise SystemExit(f"{name}: {shown(report, args.data)} failed (exit {code}); see {log}")
+    study = json.loads((folder / "ranking.json").read_text())["studies"][0]
+    chosen = study["ranking"][0]  # best validation accuracy: the configuration the search chose
+    tested = next(t for t in study["test_ranking"] if t["trial"] == chosen["trial"])
+    state.data["final"] = {"mode": "keep", "trial": chosen["trial"], "params": chosen.get("params"),
+                           "val_accuracy": chosen.get("val_accuracy"), "test": tested,
+                           "test_accuracy": tested.get("test_accuracy_mean"),
+                           "classification_report": tested.get("classification_report")}
+    state.save()
+
+
 def trial_rows(url: str, study_name: str) -> tuple[list[dict[str, Any]], Any]:
     import optuna
 

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headline import State, add_run_args, hpo, plot, run_until, search_phase, shown, trial_rows
+from headline import State, add_run_args, evaluate_kept_model, plot, search_phase, trial_rows
 
 # The project this service replaces, by hand (test accuracy).
 HAND_RUN = {"base_cnn": 0.72, "cnn_augmented": 0.78, "inception_frozen": 0.887, "inception_frozen_augmented": 0.921,
@@ -51,24 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
-    if "final" in state.data:
-        return
-    folder = args.state_dir / f"{args.study}-report"
-    report = hpo("report", "--study", args.study, "--storage", url, "--evaluate", "--top", "1", "--no-baseline",
-                 "--data", args.data, "--out", str(folder))
-    state.data["commands"].append(shown(report, args.data))
-    code = run_until(report, 6 * 3600, log, state, "final")
-    if code != 0:
-        raise SystemExit(f"headline_inception: {shown(report, args.data)} failed (exit {code}); see {log}")
-    study = json.loads((folder / "ranking.json").read_text())["studies"][0]
-    chosen = study["ranking"][0]  # best validation accuracy: the configuration the search chose
-    tested = next(t for t in study["test_ranking"] if t["trial"] == chosen["trial"])
-    state.data["final"] = {"trial": chosen["trial"], "params": chosen.get("params"),
-                           "val_accuracy": chosen.get("val_accuracy"), "test": tested}
-    state.save()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     state = State(args.state_dir / f"{args.study}.state.json")
     log = args.state_dir / f"{args.study}.log"
     search_phase(args, url, state, log, "inception", "--weights", args.weights, "--keep-models", "1")
-    final(args, url, state, log)
+    evaluate_kept_model(args, url, state, log, "headline_inception")
     rows, study = trial_rows(url, args.study)
     seconds = state.data["seconds"]
     total = sum(seconds.values())
