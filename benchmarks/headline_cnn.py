@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headline import State, evaluate_kept_model, add_run_args, hpo, plot, run_until, search_phase, shown, trial_rows
+from headline import State, add_run_args, evaluate_kept_model, hpo, plot, run_until, search_phase, shown, trial_rows
 HAND_MODEL = {"test_accuracy": 0.869, "val_accuracy": 0.872, "minutes": 25,
               "what": "one hand-written Keras model (3 x 2 convs 32-64-128, BN, GAP, flips + translation, AdamW + "
                       "cosine, 15 epochs on 45,000 images) on the same kind of 2-core machine (issue 14)"}
@@ -66,7 +66,8 @@ def final_epochs(args: argparse.Namespace, url: str, config: Path) -> tuple[int,
     """Epochs for the final training and how they were chosen (from the search's own measurements only)."""
     exported = json.loads(config.read_text())
     if args.final_epochs != "auto":
-        return int(args.final_epochs), {"rule": "given", "epochs": int(args.final_epochs)}
+        return int(args.final_epochs), {"rule": "given", "search_epochs": exported["epochs"],
+                                        "epochs": int(args.final_epochs)}
     import optuna
 
     trial = optuna.load_study(study_name=args.study, storage=url).trials[exported["source"]["trial"]]
@@ -91,7 +92,7 @@ def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
     if run_until(export, 600, log, state, "final") != 0:
         raise SystemExit(f"headline_cnn: {shown(export, args.data)} failed; see {log}")
     epochs, state.data["final_epochs"] = final_epochs(args, url, config)
-    if args.final == "auto" and epochs < 1.25 * state.data["final_epochs"].get("search_epochs", epochs):
+    if args.final == "auto" and epochs < 1.25 * state.data["final_epochs"]["search_epochs"]:
         # Retraining for about the trial's own epochs repeats its compute for nothing: its kept model is as good.
         state.data["final_epochs"]["chosen"] = "keep: the final share fits too few epochs more than the search's"
         evaluate_kept_model(args, url, state, log, "headline_cnn")
@@ -103,9 +104,9 @@ def final(args: argparse.Namespace, url: str, state: State, log: Path) -> None:
     if code != 0:
         raise SystemExit(f"headline_cnn: {shown(retrain, args.data)} failed (exit {code}); see {log}")
     metrics = json.loads(model.with_name(model.name[: -len(".keras")] + ".metrics.json").read_text())
-    state.data["final"] = {"mode": "retrain"} | {key: metrics[key] for key in ("trial", "params", "epochs", "seed", "test_accuracy",
-                                                         "classification_report", "n_params", "fit_seconds",
-                                                         "best_val_accuracy", "history")}
+    kept = ("trial", "params", "epochs", "seed", "test_accuracy", "classification_report", "n_params", "fit_seconds",
+            "best_val_accuracy", "history")
+    state.data["final"] = {"mode": "retrain", **{key: metrics[key] for key in kept}}
     state.save()
 
 
