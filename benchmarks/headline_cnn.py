@@ -3,7 +3,7 @@
 One command, as a user runs the service (every step is an `hpo` command, recorded in the JSON):
 
     python benchmarks/headline_cnn.py --data DIR/cifar10.npz [--budget-minutes 120] [--final-minutes 8] \
-        [--epochs 15] [--final auto|retrain|keep] [--final-epochs auto|N] [--space-config benchmarks/configs/cnn_headline_cpu.toml] [--state-dir ~/.cache/cifar-hpo]
+        [--epochs 22] [--final auto|retrain|keep] [--final-epochs auto|N] [--space-config benchmarks/configs/cnn_headline_cpu.toml] [--state-dir ~/.cache/cifar-hpo]
 
 1. Search: `hpo search --space cnn` on the full training split (45,000 training / 5,000 validation images,
    stratified, seed 0), Hyperband on validation accuracy (with horizontal-flip test-time augmentation), the
@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--final-minutes", type=float, default=8.0,
                         help="part of the budget kept for the final training and test evaluation (default 8: the "
                              "kept model's evaluation; give ~50 with --final retrain)")
-    parser.add_argument("--epochs", type=int, default=15, help="maximum epochs per search trial (default 15)")
+    # 22: both priors still finish inside the search's share on 2 cores (75 + 155 s an epoch: ~84 of 112 min),
+    # and the resnet prior was still climbing at epoch 15 (one-cycle anneals over the trial's epochs).
+    parser.add_argument("--epochs", type=int, default=22, help="maximum epochs per search trial (default 22)")
     parser.add_argument("--final", choices=("auto", "retrain", "keep"), default="auto",
                         help="final model: retrain the best configuration on all training images, keep the best "
                              "trial's own model (an Optuna artifact, evaluated as it is), or auto (default): "
