@@ -185,8 +185,9 @@ class PatientStub:
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise ProxyError(f"no answer from the storage proxy at {self._url} for {self._wait_s:g} s "
                                      f"(during {name})") from None
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED,
+                # A stopping proxy (SIGTERM) cancels the calls that reach it while it drains: gone, like UNAVAILABLE
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                                 grpc.StatusCode.RESOURCE_EXHAUSTED):  # the proxy's storage raised, or gRPC failed
                         raise ProxyError(f"storage proxy {self._url}: {_details(err)}") from None
                     raise  # Optuna's own answer: GrpcStorageProxy maps it
