@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--final-minutes", type=float, default=8.0,
                         help="part of the budget kept for the final training and test evaluation (default 8: the "
                              "kept model's evaluation; give ~50 with --final retrain)")
-    # 22: both priors still finish inside the search's share on 2 cores (75 + 155 s an epoch: ~84 of 112 min),
+    # 22: both priors still finish inside the search's share on 2 cores (measured 61 + 131 s an epoch: 70 of 112 min),
     # and the resnet prior was still climbing at epoch 15 (one-cycle anneals over the trial's epochs).
     parser.add_argument("--epochs", type=int, default=22, help="maximum epochs per search trial (default 22)")
     parser.add_argument("--final", choices=("auto", "retrain", "keep"), default="auto",
