@@ -104,6 +104,23 @@ def run_cell(size: int, blocks: int, split: Any, cache: Any, args: argparse.Name
             "train_images_per_s": round(result.images_per_s, 1)}
 
 
+def write_result(state: dict[str, Any], args: argparse.Namespace, argv: list[str] | None, complete: bool) -> None:
+    from cifar_hpo.search.models.inception import AUG_VIEWS
+
+    result = {
+        "benchmark": "inception_scaling",
+        "what": "the inception seed baseline at each input size x unfrozen blocks, trained as a trial trains it "
+                "(cached trunk features, flip TTA on validation) on a stratified subset",
+        "command": "python benchmarks/inception_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "config": state["config"], "augmented_views": AUG_VIEWS,
+        "complete": complete,  # false: the run stopped before every cell; the same command resumes it
+        "cells": sorted(state["cells"], key=lambda c: (c["input_size"], c["unfreeze_blocks"])),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cifar_hpo.search.models.data import load_cifar10, split_train_val
@@ -123,27 +140,20 @@ def main(argv: list[str] | None = None) -> int:
                          "pass --fresh to discard it or --state NEW_FOLDER")
     split = split_train_val(load_cifar10(args.data), args.val_size, args.subset, args.seed)
     cache = FeatureCache(directory=args.state / "features", max_disk_bytes=None)
-    for size in args.sizes:
-        for blocks in sorted(args.blocks, reverse=True):  # the lowest cut first: higher cuts start from its features
-            if any(c["input_size"] == size and c["unfreeze_blocks"] == blocks for c in state["cells"]):
-                continue
-            cell = run_cell(size, blocks, split, cache, args)
-            cell["projected_full"] = projected_full(cell, args, AUG_VIEWS)
-            state["cells"].append(cell)
-            state_path.write_text(json.dumps(state, indent=1) + "\n")
-            print(f"{size} px, {blocks} blocks: best validation {cell['best_val_accuracy']:.4f}, fill "
-                  f"{cell['cache_fill_seconds']:.0f} s, {cell['steady_seconds_per_epoch']} s/epoch", flush=True)
-    result = {
-        "benchmark": "inception_scaling",
-        "what": "the inception seed baseline at each input size x unfrozen blocks, trained as a trial trains it "
-                "(cached trunk features, flip TTA on validation) on a stratified subset",
-        "command": "python benchmarks/inception_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "config": config, "augmented_views": AUG_VIEWS,
-        "cells": sorted(state["cells"], key=lambda c: (c["input_size"], c["unfreeze_blocks"])),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    cells = [(size, blocks) for size in args.sizes
+             for blocks in sorted(args.blocks, reverse=True)]  # the lowest cut first: higher cuts start from its features
+    for size, blocks in cells:
+        if any(c["input_size"] == size and c["unfreeze_blocks"] == blocks for c in state["cells"]):
+            continue
+        cell = run_cell(size, blocks, split, cache, args)
+        cell["projected_full"] = projected_full(cell, args, AUG_VIEWS)
+        state["cells"].append(cell)
+        state_path.write_text(json.dumps(state, indent=1) + "\n")
+        # The JSON after every cell, so a run stopped by the clock still leaves what it measured (marked partial).
+        write_result(state, args, argv, complete=len(state["cells"]) == len(cells))
+        print(f"{size} px, {blocks} blocks: best validation {cell['best_val_accuracy']:.4f}, fill "
+              f"{cell['cache_fill_seconds']:.0f} s, {cell['steady_seconds_per_epoch']} s/epoch", flush=True)
+    write_result(state, args, argv, complete=len(state["cells"]) == len(cells))
     print(f"wrote {args.out}")
     return 0
 
