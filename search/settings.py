@@ -170,8 +170,8 @@ class _SeededPerTrial:
     """
 
     _study_seed: int
-    # The trial this process asked for last: a Ctrl-C between Optuna's ask and the objective (inside ask, or
-    # while the heartbeat starts) would otherwise leave it RUNNING until its heartbeat goes stale.
+    # The trial this process asked for last: a Ctrl-C inside Optuna's ask, where the worker has not seen the
+    # trial yet, would otherwise leave it RUNNING until its heartbeat goes stale (search/runtime/worker.py).
     last_trial_number: int | None = None
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _interrupted = False
+_deferring = 0  # depth of signals_deferred() blocks running now
+_pending = False  # a signal arrived inside one: its KeyboardInterrupt waits for the block's end
 
 
 def interrupt_once() -> None:
@@ -34,9 +36,28 @@ def interrupt_once() -> None:
 def _raise_once(signum: int, frame: Any) -> None:
     # Later signals find this handler still installed and return: switching to SIG_IGN here would make
     # Python report a signal already pending as "ignored due to race condition", with a traceback.
-    global _interrupted
+    global _interrupted, _pending
     if not _interrupted:
         _interrupted = True
+        if _deferring:
+            _pending = True
+            return
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A stop signal inside the block raises its KeyboardInterrupt when the block ends, for a step that must
+    not be cut in the middle: Optuna's ask creates the trial RUNNING and only then returns it, so an
+    interrupt in between would leave a trial nobody knows to mark FAIL (search/runtime/worker.py)."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if _pending and not _deferring:  # the block ended normally (an error in it propagates; interrupted() says why)
+        _pending = False
         raise KeyboardInterrupt
 
 

@@ -21,7 +21,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from cifar_hpo.search.errors import SearchStopped
-from cifar_hpo.search.runtime.interrupts import interrupted
+from cifar_hpo.search.runtime.interrupts import interrupted, signals_deferred
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.counting import count_study_trials, rdb_storage
 from cifar_hpo.storage.liveness import heartbeat_interval
@@ -122,6 +122,26 @@ def study_id_remembered(study: optuna.Study):
         storage.remember_study_id(study.study_name, None)
 
 
+@contextlib.contextmanager
+def asks_recorded(study: optuna.Study, record: Callable[[optuna.trial.Trial], None]):
+    """Every trial the study's ask creates is handed to ``record`` before a stop signal can interrupt: the
+    signal is deferred to the end of the ask. Inside optimize() Optuna calls study.ask() and offers no hook
+    between creating a trial and returning it, hence the instance attribute for this worker's run."""
+    ask = study.ask
+
+    def recorded_ask(*args, **kwargs) -> optuna.trial.Trial:
+        with signals_deferred():
+            trial = ask(*args, **kwargs)
+            record(trial)
+        return trial
+
+    study.ask = recorded_ask  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del study.ask
+
+
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
                n_trials: int | None, timeout: float | None = None,
                on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
@@ -137,7 +157,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     deadline = None if timeout is None else time.monotonic() + timeout
     ran, storage_errors, failures = 0, 0, failures_in_a_row
     surplus: list[int] = []
-    current: list[optuna.trial.Trial] = []  # the trial this worker runs now (to fail it if the storage breaks)
+    current: list[optuna.trial.Trial] = []  # the trial this worker asked for last (to fail it if stopped or the storage breaks)
     faults: list[Exception] = []  # a storage fault inside a trial, which Optuna's catch would otherwise swallow
     near_budget = True
     stop_reason: str | None = None
@@ -146,7 +166,6 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
         # beyond the budget steps back instead of training (it is recorded as FAIL with user attr surplus).
         # A trial numbered below the budget has fewer trials before it than the budget: no count needed.
-        current[:] = [trial]
         try:
             if n_trials is not None and near_budget and trial.number >= n_trials and _active_before(trial) >= n_trials:
                 trial.set_user_attr("surplus", True)
@@ -190,14 +209,21 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             study.stop()
 
     callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
-    with stale_trial_reaper(study), study_id_remembered(study):
+    def record(trial: optuna.trial.Trial) -> None:
+        current[:] = [trial]
+
+    with stale_trial_reaper(study), study_id_remembered(study), asks_recorded(study, record):
         while (deadline is None or time.monotonic() < deadline) and go_on():
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
             except KeyboardInterrupt:
-                # a Ctrl-C between Optuna's ask and the objective: Optuna leaves that trial RUNNING
-                _fail_trials(study, [getattr(study.sampler, "last_trial_number", None)])
+                # Optuna fails the trial when the interrupt reaches the objective; one between its ask and the
+                # objective (or at the end of the ask, deferred) leaves the trial RUNNING: fail it here. Without
+                # interrupt_once's handler (a library caller) a Ctrl-C can still land inside the ask; the sampler
+                # has the trial's number once it sampled for it (settings._SeededPerTrial).
+                asked = {trial.number for trial in current} | {getattr(study.sampler, "last_trial_number", None)}
+                _fail_trials(study, sorted(n for n in asked if n is not None))
                 raise
             except Exception as err:
                 if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)

@@ -70,3 +70,32 @@ def test_a_trial_interrupted_between_ask_and_objective_is_failed(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_worker(study, lambda trial: 1.0, n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_a_stop_signal_while_ask_creates_the_trial_fails_that_trial(monkeypatch):
+    """SIGTERM right after the storage created the trial RUNNING, before Optuna's ask returned it (a race CI
+    hit with `hpo launch`): the interrupt waits for the ask's end, and the worker marks that trial FAIL."""
+    import os
+    import signal
+
+    from cifar_hpo.search.runtime import interrupts
+
+    study = optuna.create_study(direction="maximize")
+    create_new_trial = study._storage.create_new_trial  # the storage call inside Optuna's ask
+
+    def created_then_signalled(*args, **kwargs):
+        trial_id = create_new_trial(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at once, in this frame
+        return trial_id
+
+    monkeypatch.setattr(study._storage, "create_new_trial", created_then_signalled)
+    handlers = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    try:
+        interrupts.interrupt_once()
+        with pytest.raises(KeyboardInterrupt):
+            run_worker(study, lambda trial: 1.0, n_trials=2)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        interrupts._interrupted = False  # this test process goes on (monkeypatch would restore True at teardown)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
