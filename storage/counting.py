@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cifar_hpo.storage.urls import retry_on_disconnect
+from cifar_hpo.storage.urls import read_rows, retry_on_disconnect
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -93,5 +93,4 @@ def _count_by_state(study: optuna.Study, before: int | None) -> dict[TrialState,
 
 @retry_on_disconnect
 def _fetch_all(storage: optuna.storages.RDBStorage, query: Any) -> list[Any]:
-    with storage.engine.connect() as conn:
-        return list(conn.execute(query))
+    return read_rows(storage.engine, query)
