@@ -13,7 +13,7 @@ from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.study_note import annotate_new_study
 from cifar_hpo.search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
 from cifar_hpo.spaces import build_space, get_space_module, load_overrides
-from cifar_hpo.spaces.bounds import outside_bounds
+from cifar_hpo.spaces.bounds import outside_bounds, pinned_values
 from cifar_hpo.storage import make_storage, open_study, study_exists
 from cifar_hpo.storage.studies import create_or_load_study
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, is_memory, normalize_url, sqlite_path
@@ -151,21 +151,36 @@ def check_fingerprint(settings: StudySettings, fingerprint: str, path: str | Non
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
     """Queue the hand-tuned model as the first trial, unless the (overridden) bounds exclude it."""
-    return _enqueue_inside(study, space, get_space_module(space_name).BASELINE, {"baseline": True}, "seed baseline")
+    module = get_space_module(space_name)
+    return _enqueue_inside(study, space, module, module.BASELINE, {"baseline": True}, "seed baseline")
 
 
 def enqueue_priors(study: optuna.Study, space_name: str, space: Any) -> list[str]:
     """Queue the space's strong known recipes (after the baseline); those the bounds exclude are skipped."""
-    notes = [_enqueue_inside(study, space, config, {"prior": name}, f"prior {name!r}")
-             for name, config in getattr(get_space_module(space_name), "PRIORS", {}).items()]
+    module = get_space_module(space_name)
+    notes = [_enqueue_inside(study, space, module, config, {"prior": name}, f"prior {name!r}")
+             for name, config in getattr(module, "PRIORS", {}).items()]
     return [note for note in notes if note]
 
 
-def _enqueue_inside(study: optuna.Study, space: Any, config: Any, user_attrs: dict[str, Any], what: str) -> str:
-    """Queue ``config`` as a trial; "" if queued, else the note saying which bounds exclude it."""
+def _enqueue_inside(study: optuna.Study, space: Any, module: Any, config: Any, user_attrs: dict[str, Any],
+                    what: str) -> str:
+    """Queue ``config`` as a trial, with the values the space pins (``value = X``) in place of its own: a
+    study that fixes e.g. the input size means the recipe at that size. Returns "" if queued unchanged, else
+    the note saying what was changed, or which bounds exclude it."""
     params = config.to_params()
+    pinned = {name: value for name, value in pinned_values(space).items() if name in params and params[name] != value}
+    params.update(pinned)
     outside = outside_bounds(space, params)
     if outside:
         return f"{what} not enqueued: its {', '.join(outside)} lie outside this study's bounds"
+    if pinned:
+        try:
+            changed = module.config_from_params(params)  # validates the values together
+            getattr(changed, "check_feasible", lambda: None)()
+        except ValueError as err:  # InfeasibleConfig included
+            return f"{what} not enqueued: with the pinned {', '.join(pinned)} it cannot be built ({err})"
     study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
+    if pinned:
+        return f"{what} enqueued with the study's pinned " + ", ".join(f"{k} = {v}" for k, v in pinned.items())
     return ""

@@ -175,6 +175,17 @@ def optuna_distributions(space: Any) -> dict[str, BaseDistribution]:
     return {name: optuna_distribution(bound) for name, bound in space_bounds(space).items()}
 
 
+def pinned_values(space: Any) -> dict[str, Any]:
+    """The parameters the space fixes to one value (TOML ``value = X``, or equal low and high)."""
+    pinned: dict[str, Any] = {}
+    for name, bound in space_bounds(space).items():
+        if isinstance(bound, Choice) and len(bound.choices) == 1:
+            pinned[name] = bound.choices[0]
+        elif isinstance(bound, (IntRange, FloatRange)) and bound.low == bound.high:
+            pinned[name] = bound.low
+    return pinned
+
+
 def outside_bounds(space: Any, params: Mapping[str, Any]) -> list[str]:
     """Names of parameters whose value the space does not contain (e.g. a baseline after narrowing)."""
     bounds = space_bounds(space)

@@ -75,3 +75,12 @@ def test_flat_toml_and_errors(tmp_path):
 def test_narrowed_bounds_report_the_baseline_outside():
     space = build_space("cnn", {"depth": {"low": 4, "high": 4}})
     assert outside_bounds(space, BASELINE.to_params()) == ["depth"]
+
+
+def test_pinned_values_are_the_single_valued_bounds():
+    from cifar_hpo.spaces import build_space
+    from cifar_hpo.spaces.bounds import pinned_values
+
+    space = build_space("inception", {"input_size": {"value": 175}, "pooling": {"choices": ["max"]},
+                                      "head_lr": {"low": 1e-3, "high": 1e-3}, "unfreeze_blocks": {"low": 1, "high": 2}})
+    assert pinned_values(space) == {"input_size": 175, "pooling": "max", "head_lr": 1e-3}

@@ -92,3 +92,22 @@ def test_unfreezing_more_blocks_than_the_trunk_has_is_infeasible() -> None:
 def test_space_module_does_not_import_tensorflow() -> None:
     code = "import sys, spaces.inception; sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_baseline_is_enqueued_at_the_pinned_input_size_and_skipped_outside_other_bounds():
+    """A study that pins the input size means the seed recipe at that size; a narrowed range that excludes
+    one of the recipe's values still skips it, with a note."""
+    import optuna
+
+    from cifar_hpo.search.study_setup import enqueue_baseline
+    from cifar_hpo.spaces import build_space
+
+    study = optuna.create_study(direction="maximize")
+    note = enqueue_baseline(study, "inception", build_space("inception", {"input_size": {"value": 175}}))
+    assert note == "seed baseline enqueued with the study's pinned input_size = 175"
+    queued = study.get_trials(deepcopy=False)[0]
+    fixed = queued.system_attrs["fixed_params"]  # a waiting trial holds its parameters there
+    assert fixed["input_size"] == 175 and fixed["unfreeze_blocks"] == BASELINE.unfreeze_blocks
+    narrowed = optuna.create_study(direction="maximize")
+    note = enqueue_baseline(narrowed, "inception", build_space("inception", {"unfreeze_blocks": {"low": 3, "high": 4}}))
+    assert "not enqueued" in note and "unfreeze_blocks" in note and narrowed.trials == []

@@ -122,8 +122,10 @@ def test_space_config_is_stored_and_used(tmp_path, tiny_npz):
     assert main(search_args(db, tiny_npz, "--n-trials", "2", "--space-config", str(config), epochs="1")) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     assert study.user_attrs["hpo_settings"]["space_overrides"] == {"depth": {"value": 2}, "batch_size": {"choices": [64]}}
-    # the baseline (depth 3) lies outside the narrowed bounds, so it is not enqueued
     assert all(t.params.get("depth") == 2 for t in study.trials if t.params)
+    # the baseline (depth 3) runs with the depth the config pins, its other values kept
+    baseline = [t for t in study.trials if t.user_attrs.get("baseline")]
+    assert len(baseline) == 1 and (baseline[0].params["depth"], baseline[0].params["batch_size"]) == (2, 64)
 
 
 def test_recycled_trial_processes_draw_new_suggestions(tmp_path, tiny_npz):
