@@ -70,6 +70,35 @@ def test_sqlite_faults_are_named_and_never_taken_for_disconnects(sqlite_engine):
 
 
 @pytest.mark.postgres
+def test_postgres_connections_are_pinged_only_after_idling_and_a_dropped_one_is_replaced(postgres_url, monkeypatch):
+    """A connection back from the pool within PING_AFTER_IDLE_S is used as it is (a trial's calls come in quick
+    succession); one idle for longer is pinged, and if the server dropped it meanwhile, replaced unnoticed."""
+    from cifar_hpo.storage.statements import count_statements
+
+    storage = make_storage(postgres_url)
+    engine = storage.engine
+    admin = sqlalchemy.create_engine(sqlalchemy_url(postgres_url), isolation_level="AUTOCOMMIT")
+    try:
+        engine.dispose()  # one connection in the pool from here on
+        with engine.connect() as conn:  # a fresh connection: not pinged
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with count_statements(engine) as counter:
+            with engine.connect() as conn:  # back at once: not pinged
+                assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+        assert counter.counts().pings == 0
+        monkeypatch.setattr(urls, "PING_AFTER_IDLE_S", 0.0)  # from now on every pooled connection counts as idle
+        with admin.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        with count_statements(engine) as counter:
+            with engine.connect() as conn:
+                replaced = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        assert counter.counts().pings >= 1 and replaced != pid
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+@pytest.mark.postgres
 def test_postgres_errors_classified_by_sqlstate(postgres_url):
     engine = sqlalchemy.create_engine(sqlalchemy_url(postgres_url), connect_args={"application_name": "hpo-classify"})
     admin = sqlalchemy.create_engine(sqlalchemy_url(postgres_url), isolation_level="AUTOCOMMIT")

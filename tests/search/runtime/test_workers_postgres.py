@@ -152,4 +152,3 @@ def test_launch_refuses_several_workers_in_memory(capsys, tiny_npz):
 def test_storage_is_resilient_rdb_with_heartbeats(postgres_url):
     storage = make_storage(postgres_url, heartbeat_interval=7)
     assert storage.get_heartbeat_interval() == 7
-    assert storage.engine.pool._pre_ping
