@@ -160,6 +160,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     current: list[optuna.trial.Trial] = []  # the trial this worker asked for last (to fail it if stopped or the storage breaks)
     faults: list[Exception] = []  # a storage fault inside a trial, which Optuna's catch would otherwise swallow
     near_budget = True
+    last_running = 0  # trials running study-wide at the last budget count
     stop_reason: str | None = None
 
     def guarded(trial: optuna.trial.Trial) -> float:
@@ -181,11 +182,17 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
 
     def go_on() -> bool:
         """Check the budget before a trial (may wait for trials running elsewhere); False: stop."""
-        nonlocal near_budget
-        slack, running = _budget_slack(study, n_trials, poll_seconds, deadline)
+        nonlocal near_budget, last_running
+        if n_trials is not None and current and current[-1].number + 2 * last_running + 3 < n_trials:
+            # Far from the budget by trial numbers alone, no count is needed: a trial numbered below n_trials
+            # has fewer than n_trials trials before it. Should others have asked for more than the margin
+            # meanwhile, the next trial's number shows it, and guarded() counts for that trial.
+            near_budget = True
+            return deadline is None or time.monotonic() < deadline
+        slack, last_running = _budget_slack(study, n_trials, poll_seconds, deadline)
         # Only about as many workers as are running can ask at the same moment: with more slack than
         # that, no ask can overshoot, and the per-trial surplus query is skipped.
-        near_budget = slack is not None and slack <= 2 * running + 2
+        near_budget = slack is not None and slack <= 2 * last_running + 2
         return slack is None or slack > 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -136,6 +136,20 @@ def test_a_trial_numbered_within_the_budget_needs_no_surplus_count(tmp_path: Pat
     assert len(study.trials) == 3 and counter.counts("_active_before").round_trips == 0
 
 
+def test_far_from_the_budget_a_worker_does_not_count_trials(tmp_path: Path) -> None:
+    """Trial numbers far below the budget say there is room: the budget is counted once at the start, then
+    again only within the margin of the end (2 x running + 3 numbers), and the budget is still met exactly."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'far.db'}")
+    study = optuna.create_study(study_name="far", storage=storage, direction="maximize")
+    with count_statements(storage.engine, label=lambda what: _caller_named("_budget_slack")) as counter:
+        run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=100, max_trials=10)
+    assert len(study.trials) == 10 and counter.counts("_budget_slack").select == 1
+    with count_statements(storage.engine, label=lambda what: _caller_named("_budget_slack")) as counter:
+        run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=14)  # 10 done: near the end
+    # the start, then after trials 11, 12 and 13 (numbers within 3 of the budget; nothing else runs)
+    assert len(study.trials) == 14 and counter.counts("_budget_slack").select == 4
+
+
 def test_a_trial_beyond_the_budget_steps_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers passed the budget check at once: the one whose trial is numbered beyond it steps back."""
     storage = make_storage(f"sqlite:///{tmp_path / 'surplus.db'}")
