@@ -23,7 +23,11 @@ Resumable (the default scale takes ~10 hours on 2 cores): the studies live in a 
 (default ~/.cache/cifar-hpo/search_efficiency, outside the clone) and every finished run in a state file
 beside it, so the same command continues where a stopped one left off: finished runs are kept, an Optuna
 run continues its study (a trial killed mid-way counts the epochs it trained), a KerasTuner run starts over.
-A different configuration in the same --state folder is refused.
+A different configuration in the same --state folder is refused. The JSON (--out) is rewritten after every
+finished run with all finished runs, so where the state folder is gone (a fresh machine) the same command takes
+the finished runs from the JSON it finds at --out, if that JSON was written by the same configuration: commit
+it as the runs finish, and a run of many hours can be spread over several machines or sessions (only the run
+under way when one stopped starts over).
 
 Writes the JSON to --out and a PNG (best-so-far vs cumulative epochs) next to it.
 """
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"space": "cnn", "data": args.data, "train": args.train, "val": args.val, "max_epochs": args.max_epochs,
               "budget_epochs": args.budget_epochs, "seeds": list(range(args.seeds)),
               "min_resources": args.min_resources}
-    state = RunState(args.state, config, fresh=args.fresh)
+    state = RunState(args.state, config, fresh=args.fresh, earlier_result=args.out)
     result: dict[str, Any] = {
         "benchmark": "search_efficiency",
         "command": "python benchmarks/search_efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 class RunState:
     """The runs finished so far and the studies of the run under way, in --state (outside the clone)."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], *, fresh: bool) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], *, fresh: bool, earlier_result: Path | None = None) -> None:
         self.path = folder / "state.json"
         self.storage_url = f"sqlite:///{folder / 'studies.db'}"
         if fresh and folder.exists():
@@ -437,12 +441,27 @@ class RunState:
                                  f"({self.data['config']}); pass --fresh to discard it or --state NEW_FOLDER")
             print(f"search_efficiency: resuming from {folder} ({len(self.data['runs'])} runs finished)",
                   file=sys.stderr)
+        elif not fresh and earlier_result is not None and _same_config(earlier_result, config):
+            earlier = json.loads(earlier_result.read_text())
+            self.data = {"config": config, "started": earlier["started"], "runs": earlier["runs"],
+                         "baselines": earlier["baselines"]}
+            print(f"search_efficiency: resuming from {earlier_result} ({len(self.data['runs'])} runs finished; "
+                  f"no state in {folder})", file=sys.stderr)
         else:
             self.data = {"config": config, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "runs": [], "baselines": []}
 
     def save(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
+
+
+def _same_config(result: Path, config: dict[str, Any]) -> bool:
+    """Whether ``result`` is a search_efficiency JSON written by this configuration (else it is not resumed)."""
+    try:
+        earlier = json.loads(result.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(earlier, dict) and earlier.get("benchmark") == "search_efficiency" and earlier.get("config") == config
 
 
 if __name__ == "__main__":

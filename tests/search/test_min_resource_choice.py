@@ -57,3 +57,21 @@ def test_hyperband_strategies_run_once_per_first_rung_and_the_others_once() -> N
     bench = load_benchmark()
     assert bench.variants(["a_tpe_hyperband", "b_random_nopruning"], [1, 3]) == [
         ("a_tpe_hyperband", 1), ("a_tpe_hyperband", 3), ("b_random_nopruning", None)]
+
+
+def test_finished_runs_are_taken_from_the_committed_json_when_the_state_folder_is_gone(tmp_path) -> None:
+    """A long run spread over fresh machines: the JSON written after each finished run is its memory, but only
+    for the same configuration; --fresh ignores it."""
+    import json
+
+    bench = load_benchmark()
+    config = {"space": "cnn", "train": 10_000, "budget_epochs": BUDGET, "seeds": [0, 1, 2]}
+    out = tmp_path / "search_efficiency.json"
+    out.write_text(json.dumps({"benchmark": "search_efficiency", "config": config, "started": "then",
+                               "runs": [run("a_tpe_hyperband@mr2", 0, 0.8, 60)], "baselines": [{"seed": 0}]}))
+    resumed = bench.RunState(tmp_path / "state", config, fresh=False, earlier_result=out)
+    assert [r["key"] for r in resumed.data["runs"]] == ["a_tpe_hyperband@mr2"] and resumed.data["started"] == "then"
+    other = bench.RunState(tmp_path / "other", {**config, "train": 2_000}, fresh=False, earlier_result=out)
+    assert other.data["runs"] == [] and other.data["baselines"] == []
+    fresh = bench.RunState(tmp_path / "fresh", config, fresh=True, earlier_result=out)
+    assert fresh.data["runs"] == []
