@@ -441,8 +441,7 @@ class RunState:
                                  f"({self.data['config']}); pass --fresh to discard it or --state NEW_FOLDER")
             print(f"search_efficiency: resuming from {folder} ({len(self.data['runs'])} runs finished)",
                   file=sys.stderr)
-        elif not fresh and earlier_result is not None and _same_config(earlier_result, config):
-            earlier = json.loads(earlier_result.read_text())
+        elif not fresh and (earlier := _earlier_result(earlier_result, config)) is not None:
             self.data = {"config": config, "started": earlier["started"], "runs": earlier["runs"],
                          "baselines": earlier["baselines"]}
             print(f"search_efficiency: resuming from {earlier_result} ({len(self.data['runs'])} runs finished; "
@@ -455,13 +454,14 @@ class RunState:
         self.path.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
 
 
-def _same_config(result: Path, config: dict[str, Any]) -> bool:
-    """Whether ``result`` is a search_efficiency JSON written by this configuration (else it is not resumed)."""
+def _earlier_result(result: Path | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The search_efficiency JSON at ``result`` if this configuration wrote it (else None: not resumed)."""
     try:
-        earlier = json.loads(result.read_text())
+        earlier = json.loads(result.read_text()) if result is not None else None
     except (OSError, ValueError):
-        return False
-    return isinstance(earlier, dict) and earlier.get("benchmark") == "search_efficiency" and earlier.get("config") == config
+        return None
+    same = isinstance(earlier, dict) and earlier.get("benchmark") == "search_efficiency" and earlier.get("config") == config
+    return earlier if same else None
 
 
 if __name__ == "__main__":
