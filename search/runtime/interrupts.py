@@ -6,6 +6,11 @@ marks its running trial FAIL. The first signal raises KeyboardInterrupt; later o
 clean-up (Optuna's tell, closing the storage) is never cut short and no second traceback is printed. The
 command's one-line message comes from the CLI; Optuna's failed-trial warning with the interrupt's
 traceback is dropped (the trial is recorded as FAIL all the same).
+
+A signal can also land inside a finalizer or a weakref callback (TensorFlow runs many while it builds a
+model); Python reports an exception raised there as "Exception ignored in ..." with a traceback and goes on,
+so the process would keep training. The unraisable hook installed with the handler says nothing and raises
+the swallowed KeyboardInterrupt again in the main thread, where it stops the trial.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
+import threading
+import _thread
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +28,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _interrupted = False
 _deferring = 0  # depth of signals_deferred() blocks running now
 _pending = False  # a signal arrived inside one: its KeyboardInterrupt waits for the block's end
+_redelivering = False  # a finalizer swallowed the KeyboardInterrupt: the next SIGINT handler call raises it again
+_in_unraisable_hook = False
+REDELIVER_AFTER_S = 0.01
 
 
 def interrupt_once() -> None:
@@ -29,6 +40,8 @@ def interrupt_once() -> None:
     stop_waiting_when(interrupted)  # a stopping process does not wait minutes for a storage proxy that is gone
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_once)
+    if not isinstance(sys.unraisablehook, _QuietUnraisable):
+        sys.unraisablehook = _QuietUnraisable(sys.unraisablehook)
     if hasattr(signal, "pthread_sigmask"):  # POSIX
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by a parent while it started us
 
@@ -36,13 +49,56 @@ def interrupt_once() -> None:
 def _raise_once(signum: int, frame: Any) -> None:
     # Later signals find this handler still installed and return: switching to SIG_IGN here would make
     # Python report a signal already pending as "ignored due to race condition", with a traceback.
-    global _interrupted, _pending
-    if not _interrupted:
-        _interrupted = True
+    global _interrupted, _pending, _redelivering
+    if not _interrupted or _redelivering:
+        if _in_unraisable_hook:  # raised here it would be swallowed once more: try again from outside
+            _redeliver_later()
+            return
+        _interrupted, _redelivering = True, False
         if _deferring:
             _pending = True
             return
         raise KeyboardInterrupt
+
+
+class _QuietUnraisable:
+    """sys.unraisablehook of a process with interrupt_once(): an exception a finalizer could not raise is
+    reported as before, except once the process is stopping; a KeyboardInterrupt among them (alone, or the
+    cause of a SystemError from C code) is raised again in the main thread instead."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        global _redelivering, _in_unraisable_hook
+        if not _interrupted:
+            self.previous(unraisable)
+        elif _caused_by_interrupt(unraisable.exc_value):
+            _in_unraisable_hook, _redelivering = True, True
+            try:
+                _redeliver_later()
+            finally:
+                _in_unraisable_hook = False
+
+
+def _redeliver_later() -> None:
+    """SIGINT to the main thread shortly, from a timer thread: by then the finalizer and this hook have
+    returned (a signal sent from here would run the handler inside the hook). A real signal, not
+    _thread.interrupt_main, so that a blocking call in the main thread is interrupted too."""
+    main = threading.main_thread().ident
+    if hasattr(signal, "pthread_kill") and main is not None:
+        send = lambda: signal.pthread_kill(main, signal.SIGINT)  # noqa: E731
+    else:
+        send = lambda: _thread.interrupt_main(signal.SIGINT)  # noqa: E731
+    timer = threading.Timer(REDELIVER_AFTER_S, send)
+    timer.daemon = True
+    timer.start()
+
+
+def _caused_by_interrupt(err: BaseException | None) -> bool:
+    # Only the exception itself or its explicit cause: a finalizer that fails while an interrupt propagates
+    # has that interrupt as its __context__, and must not raise a second one into the clean-up.
+    return isinstance(err, KeyboardInterrupt) or isinstance(getattr(err, "__cause__", None), KeyboardInterrupt)
 
 
 @contextlib.contextmanager

@@ -95,3 +95,63 @@ def test_dashboard_interrupted_during_start_up_says_nothing_about_trials(tmp_pat
     assert rc == 130, text
     assert "trial" not in text.lower() and "Traceback" not in text, text
     assert len(text.strip().splitlines()) == 1, text
+
+
+@pytest.fixture
+def stop_handlers():
+    """interrupt_once() in this test process, undone afterwards (handlers, hook, flags)."""
+    from cifar_hpo.search.runtime import interrupts
+
+    handlers = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    hook = sys.unraisablehook
+    interrupts.interrupt_once()
+    try:
+        yield interrupts
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = hook
+        interrupts._interrupted = interrupts._redelivering = False
+
+
+class SignalledWhileFinalized:
+    """A Ctrl-C that lands while Python runs a finalizer (TensorFlow runs weakref callbacks while it builds a
+    model): Python prints "Exception ignored in ..." and goes on, so the trial would keep training."""
+
+    def __init__(self, wrap_in_system_error: bool) -> None:
+        self.wrap = wrap_in_system_error
+
+    def __del__(self) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finalizer
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt as err:
+            if self.wrap:  # what C code that ignores an error returns (TensorFlow's nest flatten)
+                raise SystemError("<built-in function __import__> returned a result with an exception set") from err
+            raise
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["keyboard-interrupt", "system-error-from-it"])
+def test_an_interrupt_a_finalizer_swallowed_stops_the_process_quietly(stop_handlers, capfd, wrap: bool) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        SignalledWhileFinalized(wrap)  # collected at once: its finalizer gets the signal
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the interrupt is raised again here, in the main flow
+            pass
+    assert stop_handlers.interrupted()
+    err = capfd.readouterr().err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+
+
+def test_before_a_stop_a_failing_finalizer_is_reported_as_usual(stop_handlers) -> None:
+    seen = []
+    stop_handlers.sys.unraisablehook.previous = seen.append
+
+    class Failing:
+        def __del__(self) -> None:
+            raise ValueError("finalizer bug")
+
+    Failing()
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+    assert not stop_handlers.interrupted()
