@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import warnings
 import time
@@ -122,14 +123,21 @@ def study_id_remembered(study: optuna.Study):
         storage.remember_study_id(study.study_name, None)
 
 
+class _StopAsking(Exception):
+    """Raised by the study's ask when the step after the previous trial decided this worker stops."""
+
+
 @contextlib.contextmanager
-def asks_recorded(study: optuna.Study, record: Callable[[optuna.trial.Trial], None]):
+def asks_recorded(study: optuna.Study, record: Callable[[optuna.trial.Trial], None],
+                  before_ask: Callable[[], None] = lambda: None):
     """Every trial the study's ask creates is handed to ``record`` before a stop signal can interrupt: the
-    signal is deferred to the end of the ask. Inside optimize() Optuna calls study.ask() and offers no hook
-    between creating a trial and returning it, hence the instance attribute for this worker's run."""
+    signal is deferred to the end of the ask. ``before_ask`` runs first (it may raise _StopAsking). Inside
+    optimize() Optuna calls study.ask() and offers no hook between creating a trial and returning it, hence
+    the instance attribute for this worker's run."""
     ask = study.ask
 
     def recorded_ask(*args, **kwargs) -> optuna.trial.Trial:
+        before_ask()
         with signals_deferred():
             trial = ask(*args, **kwargs)
             record(trial)
@@ -140,6 +148,16 @@ def asks_recorded(study: optuna.Study, record: Callable[[optuna.trial.Trial], No
         yield
     finally:
         del study.ask
+
+
+def _recorded_as_failed(study: optuna.Study, value: object) -> bool:
+    """Whether Optuna's tell records this returned value as FAIL (not a number, NaN, or the wrong count)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        numbers = [float(v) for v in values]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    return any(math.isnan(v) for v in numbers) or len(numbers) != len(study.directions)
 
 
 def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], *,
@@ -162,6 +180,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
     near_budget = True
     last_running = 0  # trials running study-wide at the last budget count
     stop_reason: str | None = None
+    ended: list[bool] = []  # the trial guarded() ran last, until its after-trial step: whether it was recorded FAIL
 
     def guarded(trial: optuna.trial.Trial) -> float:
         # Two workers can pass the budget check at the same moment; trial numbers order them, and the one
@@ -172,13 +191,19 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 trial.set_user_attr("surplus", True)
                 surplus.append(trial.number)
                 raise _BudgetReached(f"trial {trial.number} is beyond the study's {n_trials} trials")
-            return objective(trial)
+            value = objective(trial)
+        except optuna.TrialPruned:
+            ended.append(False)
+            raise
         except Exception as err:
             if interrupted():  # Ctrl-C inside TensorFlow's C code can surface as another error: still a stop
                 raise KeyboardInterrupt from None
             if storage_fault(err) is not None:  # a full disk is not this trial's fault: after_trial stops the worker
                 faults.append(err)
+            ended.append(True)
             raise
+        ended.append(_recorded_as_failed(study, value))
+        return value
 
     def go_on() -> bool:
         """Check the budget before a trial (may wait for trials running elsewhere); False: stop."""
@@ -195,35 +220,47 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
         near_budget = slack is not None and slack <= 2 * last_running + 2
         return slack is None or slack > 0
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # Runs inside the one optimize() call after each trial: one call for all trials keeps Optuna from
-        # tearing down and rebuilding its database session between trials (~5 ms a trial on PostgreSQL).
+    def after_trial() -> None:
+        """The step after each trial, run when Optuna asks for the next one (or optimize() returned): one
+        optimize() call for all trials keeps Optuna from rebuilding its database session between trials
+        (~5 ms a trial on PostgreSQL), and no callback means no re-read of the finished trial (Optuna reads
+        it back for callbacks: ~7 statements a trial). guarded() says whether the trial was recorded FAIL."""
         nonlocal ran, storage_errors, failures, stop_reason
+        if not ended:
+            return
+        failed = ended.pop()
         ran, storage_errors = ran + 1, 0
         if faults:
             raise faults[0]  # Optuna has marked the trial FAIL if it could; the loop below stops the worker
         if surplus:
             stop_reason = "done"
         else:
-            failures = failures + 1 if trial.state == TrialState.FAIL else 0
+            failures = failures + 1 if failed else 0
             if failures >= max_consecutive_failures:
                 raise SearchStopped(f"{failures} trials failed in a row; see the errors above")
             if max_trials is not None and ran >= max_trials:
                 stop_reason = "recycle"
             elif not go_on():
                 stop_reason = "done"
-        if stop_reason is not None:
-            study.stop()
 
-    callbacks = ([on_trial_end] if on_trial_end else []) + [after_trial]
+    def before_ask() -> None:
+        after_trial()
+        if stop_reason is not None:
+            raise _StopAsking
+
+    callbacks = [on_trial_end] if on_trial_end else None  # Optuna re-reads each finished trial for callbacks
+
     def record(trial: optuna.trial.Trial) -> None:
         current[:] = [trial]
 
-    with stale_trial_reaper(study), study_id_remembered(study), asks_recorded(study, record):
-        while (deadline is None or time.monotonic() < deadline) and go_on():
+    with stale_trial_reaper(study), study_id_remembered(study), asks_recorded(study, record, before_ask):
+        while stop_reason is None and (deadline is None or time.monotonic() < deadline) and go_on():
             try:
                 study.optimize(guarded, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+                after_trial()  # the timeout passed after the last trial: its step is still due
+            except _StopAsking:
+                study._storage.remove_session()  # what optimize() does when it ends normally
             except KeyboardInterrupt:
                 # Optuna fails the trial when the interrupt reaches the objective; one between its ask and the
                 # objective (or at the end of the ask, deferred) leaves the trial RUNNING: fail it here. Without
@@ -235,6 +272,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             except Exception as err:
                 if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
                     raise KeyboardInterrupt from None
+                ended.clear()  # a trial whose tell failed gets no after-trial step (it would reset storage_errors)
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)

@@ -1,5 +1,7 @@
 """The worker loop on an in-memory study with scripted objectives (no training)."""
 
+import time
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -99,3 +101,56 @@ def test_a_stop_signal_while_ask_creates_the_trial_fails_that_trial(monkeypatch)
             signal.signal(signum, handler)
         interrupts._interrupted = False  # this test process goes on (monkeypatch would restore True at teardown)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def _get_trial_calls(study: optuna.Study, monkeypatch) -> list[int]:
+    calls: list[int] = []
+    get_trial = study._storage.get_trial
+
+    def counted(trial_id: int):
+        calls.append(trial_id)
+        return get_trial(trial_id)
+
+    monkeypatch.setattr(study._storage, "get_trial", counted)
+    return calls
+
+
+def test_the_worker_reads_no_more_trials_back_than_plain_optuna(monkeypatch):
+    """Optuna reads every finished trial back from the storage for optimize()'s callbacks (~7 statements a
+    trial on a database); the worker's step after each trial runs without one."""
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if x < 0.3:
+            raise optuna.TrialPruned()
+        return x
+
+    plain = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    plain_calls = _get_trial_calls(plain, monkeypatch)
+    plain.optimize(objective, n_trials=8)
+    service = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    service_calls = _get_trial_calls(service, monkeypatch)
+    outcome = run_worker(service, objective, n_trials=8)
+    assert [t.state for t in service.trials] == [t.state for t in plain.trials]
+    assert len(service_calls) == len(plain_calls)
+    assert outcome == WorkerExit("done", 0)
+
+
+def test_the_step_after_the_last_trial_runs_when_the_time_is_up():
+    """With no next ask (the timeout ended optimize()), the last trial's failure still counts."""
+    timed = study()
+
+    def slow_failing(trial):
+        time.sleep(0.3)
+        raise RuntimeError("broken")
+
+    outcome = run_worker(timed, slow_failing, n_trials=100, timeout=0.5)
+    states = [t.state for t in timed.trials]
+    assert states and set(states) == {TrialState.FAIL}
+    assert outcome.failures_in_a_row == len(states)
+
+
+def test_a_returned_nan_counts_as_a_failure():
+    nan_study = study()
+    with pytest.raises(SearchStopped, match=f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row"):
+        run_worker(nan_study, lambda trial: float("nan"), n_trials=20)
+    assert [t.state for t in nan_study.trials] == [TrialState.FAIL] * MAX_CONSECUTIVE_FAILURES
