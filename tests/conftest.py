@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_ASSETS = ROOT.parent / "shared" / "assets"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(autouse=True)
+def stop_state_of_this_process_restored():
+    """An in-process `hpo search` (or a test of the stop handling) installs process-wide stop handling: the
+    SIGINT/SIGTERM handlers, the unraisable hook and the interrupts module's flags. Each test gets them back
+    as they were, so one test's stop cannot turn a later test's trial into an interrupt."""
+    from cifar_hpo.search.runtime import interrupts
+
+    handlers = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    hook = sys.unraisablehook
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    sys.unraisablehook = hook
+    interrupts._interrupted = interrupts._pending = interrupts._redelivering = False
 
 
 @pytest.fixture

@@ -99,19 +99,11 @@ def test_dashboard_interrupted_during_start_up_says_nothing_about_trials(tmp_pat
 
 @pytest.fixture
 def stop_handlers():
-    """interrupt_once() in this test process, undone afterwards (handlers, hook, flags)."""
+    """interrupt_once() in this test process (tests/conftest.py undoes it after the test)."""
     from cifar_hpo.search.runtime import interrupts
 
-    handlers = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
-    hook = sys.unraisablehook
     interrupts.interrupt_once()
-    try:
-        yield interrupts
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        sys.unraisablehook = hook
-        interrupts._interrupted = interrupts._redelivering = False
+    return interrupts
 
 
 class SignalledWhileFinalized:
