@@ -260,7 +260,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                                catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
                 after_trial()  # the timeout passed after the last trial: its step is still due
             except _StopAsking:
-                study._storage.remove_session()  # what optimize() does when it ends normally
+                study._storage.remove_session()  # what optimize() does at its normal end; no public API for it
             except KeyboardInterrupt:
                 # Optuna fails the trial when the interrupt reaches the objective; one between its ask and the
                 # objective (or at the end of the ask, deferred) leaves the trial RUNNING: fail it here. Without
