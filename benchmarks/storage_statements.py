@@ -151,7 +151,7 @@ def run_trials(mode: str, url: str, n_trials: int, warmup: int, name: str = STUD
 
         def snapshot_then_run(trial: optuna.trial.Trial) -> float:
             # A snapshot as each trial starts, not an Optuna callback as it ends: Optuna reads every finished
-            # trial back for its callbacks (~7 statements), a cost neither mode has without them. The steady
+            # trial back for its callbacks (~4 statements here), a cost neither mode has without them. The steady
             # state runs from the start of the first trial after the warm-up to the start of the last one.
             snapshots.append(counter.labels())
             return scripted_objective(trial)

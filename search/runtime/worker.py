@@ -224,7 +224,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
         """The step after each trial, run when Optuna asks for the next one (or optimize() returned): one
         optimize() call for all trials keeps Optuna from rebuilding its database session between trials
         (~5 ms a trial on PostgreSQL), and no callback means no re-read of the finished trial (Optuna reads
-        it back for callbacks: ~7 statements a trial). guarded() says whether the trial was recorded FAIL."""
+        it back for callbacks: 6 statements a trial on PostgreSQL). guarded() says whether the trial was recorded FAIL."""
         nonlocal ran, storage_errors, failures, stop_reason
         if not ended:
             return
