@@ -4,6 +4,7 @@ same scripted trials (benchmarks/storage_statements.py), and still heartbeats; e
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import uuid
 from datetime import datetime
@@ -208,19 +209,71 @@ def test_the_stale_check_answers_as_optuna_does_in_one_statement(heartbeat_stora
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_a_heartbeat_is_one_update_and_keeps_a_trial_fresh(heartbeat_storage) -> None:
+def test_a_heartbeat_is_one_statement_and_keeps_a_trial_fresh(heartbeat_storage) -> None:
     storage = heartbeat_storage
     study = optuna.create_study(study_name=f"beat-{uuid.uuid4().hex[:8]}", storage=storage)
     trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)  # the first beat inserts the row
+    with count_statements(storage.engine) as counter:
+        storage.record_heartbeat(trial._trial_id)  # the first beat inserts the row
+    assert (counter.counts().insert, counter.counts().statements) == (1, 1)
     with storage.engine.begin() as connection:  # silent for two minutes: stale
         connection.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :old WHERE trial_id = :id"),
                            {"old": datetime(2000, 1, 1), "id": trial._trial_id})
     storage.check_stale_trials_every(study._study_id, None)
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
     with count_statements(storage.engine) as counter:
-        storage.record_heartbeat(trial._trial_id)
-    assert (counter.counts().update, counter.counts().statements) == (1, 1)
+        storage.record_heartbeat(trial._trial_id)  # later beats update it, in the same one statement
+    assert counter.counts().statements == 1
     assert storage._get_stale_trial_ids(study._study_id) == []  # beating again made it fresh
     assert optuna.storages.RDBStorage._get_stale_trial_ids(storage, study._study_id) == []  # Optuna agrees
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_report_is_one_insert_and_keeps_optunas_rules(heartbeat_storage) -> None:
+    """A reported value is stored in one statement while the trial runs (Optuna's path takes 3); values that are
+    not finite, a rewritten step, a finished trial and an unknown trial behave as in Optuna's own storage."""
+    storage = heartbeat_storage
+    study = optuna.create_study(study_name=f"report-{uuid.uuid4().hex[:8]}", storage=storage)
+    trial = study.ask()
+    with count_statements(storage.engine) as counter:
+        trial.report(0.25, 1)
+    assert (counter.counts().insert, counter.counts().statements) == (1, 1)
+    storage.set_trial_intermediate_value(trial._trial_id, 2, float("nan"))
+    storage.set_trial_intermediate_value(trial._trial_id, 3, float("-inf"))
+    storage.set_trial_intermediate_value(trial._trial_id, 1, 0.5)  # the storage API may rewrite a step
+    values = storage.get_trial(trial._trial_id).intermediate_values
+    assert values[1] == 0.5 and math.isnan(values[2]) and values[3] == float("-inf") and len(values) == 3
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_intermediate_value(trial._trial_id, 4, 0.75)
+    with pytest.raises(KeyError):
+        storage.set_trial_intermediate_value(trial._trial_id + 10**6, 1, 0.75)
+    assert storage.get_trial(trial._trial_id).intermediate_values.keys() == {1, 2, 3}
+    optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_suggestion_after_a_parameters_first_is_one_insert_and_keeps_optunas_rules(heartbeat_storage) -> None:
+    """Once the study knows a parameter's distribution, a suggestion is one statement (Optuna's path takes 2);
+    an incompatible distribution, a finished trial and a parameter set twice fail as in Optuna's own storage."""
+    storage = heartbeat_storage
+    study = optuna.create_study(study_name=f"param-{uuid.uuid4().hex[:8]}", storage=storage)
+    first = study.ask()
+    first.suggest_float("x", 0, 1)  # the study's first "x": Optuna's path reads the distribution
+    study.tell(first, 1.0)
+    trial = study.ask()
+    internal = optuna.distributions.FloatDistribution(0, 1)
+    with count_statements(storage.engine) as counter:  # what Trial.suggest_float asks of the storage (Optuna's
+        study._storage.set_trial_param(trial._trial_id, "x", 0.25, internal)  # cache layer passes the distribution)
+    assert (counter.counts().insert, counter.counts().statements) == (1, 1)
+    assert storage.get_trial(trial._trial_id).params == {"x": 0.25}
+    with pytest.raises(ValueError):  # the same name with another kind of distribution
+        study._storage.set_trial_param(trial._trial_id, "x", 3, optuna.distributions.IntDistribution(0, 10))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # set twice: the table's unique key, as in Optuna
+        storage._set_trial_param(trial._trial_id, "x", 0.5, internal, internal)
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage._set_trial_param(trial._trial_id, "y", 0.5, internal, internal)
+    assert storage.get_trial(trial._trial_id).params == {"x": 0.25}
     optuna.delete_study(study_name=study.study_name, storage=storage)
