@@ -272,7 +272,13 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
             except Exception as err:
                 if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
                     raise KeyboardInterrupt from None
+                objective_ran = bool(ended)  # guarded() ran this trial's objective: the error came after it
                 ended.clear()  # a trial whose tell failed gets no after-trial step (it would reset storage_errors)
+                if objective_ran and _failed_elsewhere(study, current, err):  # not the trial's fault
+                    _logger.warning("trial %d was failed as stale while this worker was not heard from for longer "
+                                    "than the heartbeat's grace period (a paused process or a suspended machine); "
+                                    "its retry is queued; going on", current[-1].number)
+                    continue
                 # Optuna can raise a storage error from ask/tell, or an AssertionError with the storage error as
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)
@@ -290,6 +296,25 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 continue
             break  # stopped by after_trial, or the timeout passed
     return WorkerExit(stop_reason or "done", failures)
+
+
+def _failed_elsewhere(study: optuna.Study, current: list[optuna.trial.Trial], err: Exception) -> bool:
+    """Optuna could not record this worker's trial because it is FAIL already: a stale-trial check (this
+    worker's own reaper included, once the process runs again) failed it while the process was paused."""
+    refusals = (ValueError, optuna.exceptions.UpdateFinishedTrialError)
+    chain: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    # Optuna's tell raises ValueError("Cannot tell a FAIL trial."), report and suggest the other; after an
+    # objective that returned, Optuna's log step then raises AssertionError with that error as its context.
+    if not current or not any(isinstance(e, refusals) for e in chain):
+        return False
+    try:  # no public API reads one trial by id
+        return study._storage.get_trial(current[-1]._trial_id).state == TrialState.FAIL
+    except Exception:  # the storage cannot say: the error is raised as it was
+        return False
 
 
 def _is_storage_error(err: BaseException) -> bool:

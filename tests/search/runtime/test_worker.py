@@ -148,3 +148,45 @@ def test_a_returned_nan_counts_as_a_failure():
     with pytest.raises(SearchStopped, match=f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row"):
         run_worker(nan_study, lambda trial: float("nan"), n_trials=20)
     assert [t.state for t in nan_study.trials] == [TrialState.FAIL] * MAX_CONSECUTIVE_FAILURES
+
+
+@pytest.mark.parametrize("reports_after", [True, False], ids=["then-reports", "then-returns"])
+def test_a_trial_failed_as_stale_while_the_worker_was_paused_does_not_stop_it(reports_after, caplog):
+    """A worker stopped for longer than the heartbeat's grace period (SIGSTOP, a suspended machine) finds its
+    trial failed as stale when it runs again: Optuna then refuses the trial's report or its tell. The worker
+    says so in one line and goes on to the budget; the failure does not count as the trial's own."""
+    s = study()
+    paused = []
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if not paused:  # what a stale-trial check does to this trial meanwhile
+            paused.append(trial.number)
+            s._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if reports_after:
+                trial.report(x, 1)
+        return x
+
+    exit_ = run_worker(s, objective, n_trials=3, max_consecutive_failures=1)
+    assert exit_ == WorkerExit("done", 0)
+    assert [t.state for t in s.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert f"trial {paused[0]} was failed as stale" in caplog.text
+
+
+def test_an_error_of_the_next_ask_is_not_taken_for_a_stale_trial():
+    """After a finished trial, an error of Optuna's ask for the next one is raised as it is (the worker must not
+    loop on it thinking its last trial was failed elsewhere)."""
+    s = study()
+    ask = s.ask
+    asks = []
+
+    def ask_that_breaks(*args, **kwargs):
+        asks.append(1)
+        if len(asks) == 2:
+            raise ValueError("the sampler cannot sample")
+        return ask(*args, **kwargs)
+
+    s.ask = ask_that_breaks
+    with pytest.raises(ValueError, match="the sampler cannot sample"):
+        run_worker(s, failing, n_trials=3)
+    assert len(asks) == 2 and [t.state for t in s.trials] == [TrialState.FAIL]
