@@ -6,7 +6,8 @@ tests/storage/test_statements_per_trial.py). Three SQLAlchemy hooks see every ro
 - ``before_cursor_execute``: each statement, by its first keyword. Transaction control (BEGIN, BEGIN
   IMMEDIATE, COMMIT, ...) sent as text is not a data statement: hpo's explicit ``BEGIN IMMEDIATE`` on SQLite
   and the driver's implicit BEGIN of plain Optuna are both one transaction, counted by the next hook.
-- ``begin``/``commit``/``rollback`` connection events: one transaction each, begun and ended.
+- ``begin``/``commit``/``rollback`` connection events: one transaction each, begun and ended (none on a
+  connection in autocommit, where the driver sends no BEGIN or COMMIT).
 - ``Dialect.do_ping``: a pool pre-ping (or any other liveness ping) goes to the DBAPI connection directly
   and fires no cursor event, so the dialect's ping method is wrapped while counting.
 
@@ -127,11 +128,18 @@ def count_statements(engine: sqlalchemy.engine.Engine | type[sqlalchemy.engine.E
         kind = statement_kind(statement)
         counter.add("transaction_control_sql" if kind == "transaction" else kind)
 
+    def transaction_event(what: str) -> Callable[[Any], None]:
+        def listener(conn: Any) -> None:
+            # In autocommit a begin, commit or rollback sends nothing: each statement is its own transaction.
+            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                counter.add(what)
+        return listener
+
     listeners: list[tuple[str, Callable[..., None]]] = [
         ("before_cursor_execute", before_cursor_execute),
-        ("begin", lambda conn: counter.add("begins")),
-        ("commit", lambda conn: counter.add("commits")),
-        ("rollback", lambda conn: counter.add("rollbacks")),
+        ("begin", transaction_event("begins")),
+        ("commit", transaction_event("commits")),
+        ("rollback", transaction_event("rollbacks")),
     ]
     for name, listener in listeners:
         event.listen(engine, name, listener)

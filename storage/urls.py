@@ -11,6 +11,7 @@ grpc://HOST:PORT: Optuna's storage proxy (storage/proxy.py), with a liveness att
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -21,7 +22,7 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -419,8 +420,24 @@ def _record_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Non
     Optuna's RDBStorage.record_heartbeat reads the row, reads it again for update, reads the time and writes
     it (4 statements every heartbeat interval for every running trial).
     """
-    with storage.engine.begin() as connection:
+    with _one_statement(storage.engine) as connection:
         connection.execute(_heartbeat_upsert(storage.engine.dialect.name), {"trial_id": trial_id})
+
+
+@contextlib.contextmanager
+def _one_statement(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Connection]:
+    """A connection for one statement that is complete in itself (an upsert, an INSERT ... SELECT).
+
+    On PostgreSQL it runs in autocommit, so the statement is its own transaction: psycopg would otherwise send
+    BEGIN before it and COMMIT after it, 3 round trips instead of 1. SQLite keeps its transaction: the
+    storage's BEGIN IMMEDIATE (see _begin_immediate) is what takes its write lock up front.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
+    else:
+        with engine.begin() as connection:
+            yield connection
 
 
 @functools.cache
@@ -440,6 +457,7 @@ _DIALECT_INSERTS = {"postgresql": postgresql_dialect.insert, "sqlite": sqlite_di
 
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
 _set_trial_intermediate_value = retry_on_disconnect(optuna.storages.RDBStorage.set_trial_intermediate_value)
+# Optuna's cache layer calls _set_trial_param (no public API takes the earlier distribution it passes).
 _set_trial_param = retry_on_disconnect(optuna.storages.RDBStorage._set_trial_param)
 
 
@@ -449,10 +467,10 @@ def _insert_intermediate_value_if_running(storage: optuna.storages.RDBStorage, t
     """INSERT ... SELECT from the trial's row where it is RUNNING, ON CONFLICT (trial, step) DO UPDATE (a
     rewrite of a step, as Optuna's own path allows). False: nothing written (the trial is not RUNNING or
     does not exist). Idempotent, so a retry after a dropped connection is safe."""
-    from optuna.storages._rdb import models  # private: see _intermediate_value_upsert
+    from optuna.storages._rdb import models  # no public API converts a stored value (private table models)
 
     stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    with storage.engine.begin() as connection:
+    with _one_statement(storage.engine) as connection:
         result = connection.execute(_intermediate_value_upsert(storage.engine.dialect.name),
                                     {"trial_id": trial_id, "step": step, "value": stored, "value_type": value_type})
         return result.rowcount > 0
@@ -484,7 +502,7 @@ def _insert_param_if_running(storage: optuna.storages.RDBStorage, trial_id: int,
                              distribution: optuna.distributions.BaseDistribution) -> bool:
     """INSERT ... SELECT from the trial's row where it is RUNNING. False: nothing written (the trial is not
     RUNNING or does not exist). A parameter set twice fails on the table's unique key, as in Optuna."""
-    with storage.engine.begin() as connection:
+    with _one_statement(storage.engine) as connection:
         result = connection.execute(_param_insert(),
                                     {"trial_id": trial_id, "name": name, "value": value,
                                      "distribution": optuna.distributions.distribution_to_json(distribution)})

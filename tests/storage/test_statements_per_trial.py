@@ -239,6 +239,8 @@ def test_a_report_is_one_insert_and_keeps_optunas_rules(heartbeat_storage) -> No
     with count_statements(storage.engine) as counter:
         trial.report(0.25, 1)
     assert (counter.counts().insert, counter.counts().statements) == (1, 1)
+    # PostgreSQL: in autocommit, no BEGIN or COMMIT travels with it (see the next test); SQLite: its transaction
+    assert counter.counts().round_trips == {"postgresql": 1, "sqlite": 3}[storage.engine.dialect.name]
     storage.set_trial_intermediate_value(trial._trial_id, 2, float("nan"))
     storage.set_trial_intermediate_value(trial._trial_id, 3, float("-inf"))
     storage.set_trial_intermediate_value(trial._trial_id, 1, 0.5)  # the storage API may rewrite a step
@@ -251,6 +253,27 @@ def test_a_report_is_one_insert_and_keeps_optunas_rules(heartbeat_storage) -> No
         storage.set_trial_intermediate_value(trial._trial_id + 10**6, 1, 0.75)
     assert storage.get_trial(trial._trial_id).intermediate_values.keys() == {1, 2, 3}
     optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+@pytest.mark.postgres
+def test_a_one_statement_write_on_postgresql_leaves_no_transaction_to_end(postgres_url: str) -> None:
+    """What the counter assumes of autocommit, read from psycopg itself: after the statement the server is idle
+    (no COMMIT to send), where a transaction's statement leaves it in the transaction."""
+    psycopg = pytest.importorskip("psycopg")
+    from cifar_hpo.storage import urls
+
+    engine = make_storage(postgres_url).engine
+    idle, in_transaction = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+    with urls._one_statement(engine) as connection:
+        connection.execute(sqlalchemy.text("SELECT 1"))
+        assert connection.connection.dbapi_connection.info.transaction_status == idle
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("SELECT 1"))
+        assert connection.connection.dbapi_connection.info.transaction_status == in_transaction
+    with count_statements(engine) as counter, urls._one_statement(engine) as connection:
+        connection.execute(sqlalchemy.text("SELECT 1"))
+    assert (counter.counts().statements, counter.counts().round_trips) == (1, 1)
+    engine.dispose()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")

@@ -66,7 +66,7 @@ def test_launch_stops_in_a_few_lines(tmp_path: Path, tiny_npz: Path, how: str) -
     assert rc == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert len(after) <= WORKERS + 2, text
-    assert running_trials(url) == 0
+    assert running_trials(url) == 0, text  # the output says which process stopped how
     study = optuna.load_study(study_name="s", storage=make_storage(url, create=False))
     assert any(t.state == TrialState.FAIL for t in study.trials)  # the interrupted trials, marked FAIL
 
