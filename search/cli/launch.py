@@ -19,7 +19,7 @@ from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
 from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
 
 SQLITE_WRITERS_WARNING = 4
-STOP_GRACE_S = 30
+STOP_GRACE_S = 30  # above a worker's own grace for its trial process (processes.CHILD_STOP_GRACE_S)
 
 
 def parse_gpus(text: str | None) -> list[str]:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ _logger = logging.getLogger(__name__)
 # trials failed in a row, so the consecutive-failure limit holds across processes (a setup that fails
 # every trial must stop the worker).
 MAX_CRASHES = 3
+# Under `hpo launch`'s grace for a stopping worker (search/cli/launch.py STOP_GRACE_S, 30 s), so that the
+# worker, which knows its trial process, deals with one that does not stop.
+CHILD_STOP_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,41 @@ def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
     return poll
 
 
+def stop_child(child: multiprocessing.process.BaseProcess, job: ChildJob) -> None:
+    """SIGTERM: the trial process marks its running trial FAIL and exits. One still alive after
+    CHILD_STOP_GRACE_S (its interrupt lost in native code, or a write waiting on a busy database) is killed and
+    its running trial marked FAIL from here; killed without that, the trial would stay RUNNING until a
+    stale-trial check, and `hpo launch` kills a worker that outlives its own grace (and the child with it)."""
+    if child.is_alive():
+        child.terminate()
+    child.join(CHILD_STOP_GRACE_S)
+    if child.is_alive():
+        _logger.warning("trial process %s did not stop within %.0f s of SIGTERM; killing it", child.pid,
+                        CHILD_STOP_GRACE_S)
+        child.kill()
+        child.join()
+        fail_trials_of_process(job, child.pid)
+
+
+def fail_trials_of_process(job: ChildJob, pid: int | None) -> None:
+    """Mark FAIL the study's RUNNING trials that the trial process ``pid`` of this machine ran (their
+    ``worker`` user attr, search/runtime/objective.py); if the storage cannot be reached, their heartbeats go
+    stale and a stale-trial check fails them later."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from cifar_hpo.storage import make_storage
+
+    tag = f"{socket.gethostname()}:{pid}"
+    try:
+        study = optuna.load_study(study_name=job.study, storage=make_storage(job.url, create=False))
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker") == tag:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception as err:  # stopping: nothing more to do here
+        _logger.warning("could not mark the killed trial process's trial FAIL (%s); a stale-trial check will", err)
+
+
 def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seconds: float = 1.0) -> int:
     """Run children one after another until one reports the budget reached; returns an exit code."""
     on_poll = _safe(on_poll)
@@ -141,9 +180,7 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
                 child.join(poll_seconds)
         except KeyboardInterrupt:
             if child.pid is not None:  # started
-                if child.is_alive():
-                    child.terminate()  # SIGTERM: the child marks its running trial FAIL and exits
-                child.join(60)
+                stop_child(child, job)
             raise
         on_poll()
         code = child.exitcode

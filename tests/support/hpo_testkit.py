@@ -109,3 +109,18 @@ def create_tiny_study(url: str, name: str, npz: Path, **given: Any) -> optuna.St
 
     flags = {"space": "cnn", "data": str(npz), "val_size": 100, "epochs": 1, "seed": 0, **given}
     return open_hpo_study(url, name, flags, heartbeat_interval=2).study
+
+
+def stubborn_trial_process(job: Any) -> None:
+    """A trial process (search/runtime/processes.py child_main's stand-in) that runs one trial and never stops
+    on SIGTERM, as one whose interrupt was lost in native code."""
+    import os
+    import signal
+    import socket
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    study = optuna.load_study(study_name=job.study, storage=job.url)
+    trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # as search/runtime/objective.py tags it
+    time.sleep(120)  # bounded: a worker that fails to kill it leaves no process behind for long
