@@ -462,18 +462,43 @@ _set_trial_param = retry_on_disconnect(optuna.storages.RDBStorage._set_trial_par
 
 
 @retry_on_disconnect
+def _write_if_running(storage: optuna.storages.RDBStorage, statement: Any, values: dict[str, Any]) -> bool:
+    """Run one of the INSERT ... SELECT statements below (_from_running_trial). False: nothing written (the
+    trial is not RUNNING or does not exist). A retry after a dropped connection is safe for the report's
+    upsert; a suggestion written twice fails on the table's unique key, as in Optuna."""
+    with _one_statement(storage.engine) as connection:
+        return connection.execute(statement, values).rowcount > 0
+
+
 def _insert_intermediate_value_if_running(storage: optuna.storages.RDBStorage, trial_id: int, step: int,
                                           value: float) -> bool:
-    """INSERT ... SELECT from the trial's row where it is RUNNING, ON CONFLICT (trial, step) DO UPDATE (a
-    rewrite of a step, as Optuna's own path allows). False: nothing written (the trial is not RUNNING or
-    does not exist). Idempotent, so a retry after a dropped connection is safe."""
+    """The report, ON CONFLICT (trial, step) DO UPDATE: a rewrite of a step, as Optuna's own path allows."""
     from optuna.storages._rdb import models  # no public API converts a stored value (private table models)
 
     stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    with _one_statement(storage.engine) as connection:
-        result = connection.execute(_intermediate_value_upsert(storage.engine.dialect.name),
-                                    {"trial_id": trial_id, "step": step, "value": stored, "value_type": value_type})
-        return result.rowcount > 0
+    return _write_if_running(storage, _intermediate_value_upsert(storage.engine.dialect.name),
+                             {"trial_id": trial_id, "step": step, "value": stored, "value_type": value_type})
+
+
+def _insert_param_if_running(storage: optuna.storages.RDBStorage, trial_id: int, name: str, value: float,
+                             distribution: optuna.distributions.BaseDistribution) -> bool:
+    return _write_if_running(storage, _param_insert(),
+                             {"trial_id": trial_id, "name": name, "value": value,
+                              "distribution": optuna.distributions.distribution_to_json(distribution)})
+
+
+def _from_running_trial(insert: Any, table: sqlalchemy.Table, columns: dict[str, str]) -> Any:
+    """``insert`` (a dialect's or SQLAlchemy's INSERT into ``table``) of one row, FROM a SELECT of the trial's
+    row WHERE it is RUNNING: the trial's state is checked in the same statement that writes. ``columns``:
+    column -> bind parameter name; trial_id comes from the trial's row (bind parameter "trial_id")."""
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    binds = [sqlalchemy.bindparam(name, type_=table.c[column].type) for column, name in columns.items()]
+    source = (sqlalchemy.select(trials.c.trial_id, *binds)
+              .where(trials.c.trial_id == sqlalchemy.bindparam("trial_id"), trials.c.state == TrialState.RUNNING))
+    return insert.from_select(["trial_id", *columns], source)
 
 
 @functools.cache
@@ -482,31 +507,14 @@ def _intermediate_value_upsert(dialect: str) -> Any:
     # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
     from optuna.storages._rdb import models
 
-    values, trials = models.TrialIntermediateValueModel.__table__, models.TrialModel.__table__
-    bind = sqlalchemy.bindparam
-    source = (sqlalchemy.select(trials.c.trial_id, bind("step", type_=values.c.step.type),
-                                bind("value", type_=values.c.intermediate_value.type),
-                                bind("value_type", type_=values.c.intermediate_value_type.type))
-              .where(trials.c.trial_id == bind("trial_id"), trials.c.state == TrialState.RUNNING))
-    insert = _DIALECT_INSERTS[dialect](values)
-    insert = insert.from_select(["trial_id", "step", "intermediate_value", "intermediate_value_type"], source)
+    values = models.TrialIntermediateValueModel.__table__
+    columns = {"step": "step", "intermediate_value": "value", "intermediate_value_type": "value_type"}
+    insert = _from_running_trial(_DIALECT_INSERTS[dialect](values), values, columns)
     upsert = insert.on_conflict_do_update(
         index_elements=[values.c.trial_id, values.c.step],
         set_={"intermediate_value": insert.excluded.intermediate_value,
               "intermediate_value_type": insert.excluded.intermediate_value_type})
     return upsert.execution_options(preserve_rowcount=True)  # an INSERT's rowcount is kept only when asked for
-
-
-@retry_on_disconnect
-def _insert_param_if_running(storage: optuna.storages.RDBStorage, trial_id: int, name: str, value: float,
-                             distribution: optuna.distributions.BaseDistribution) -> bool:
-    """INSERT ... SELECT from the trial's row where it is RUNNING. False: nothing written (the trial is not
-    RUNNING or does not exist). A parameter set twice fails on the table's unique key, as in Optuna."""
-    with _one_statement(storage.engine) as connection:
-        result = connection.execute(_param_insert(),
-                                    {"trial_id": trial_id, "name": name, "value": value,
-                                     "distribution": optuna.distributions.distribution_to_json(distribution)})
-        return result.rowcount > 0
 
 
 @functools.cache
@@ -515,15 +523,12 @@ def _param_insert() -> Any:
     # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
     from optuna.storages._rdb import models
 
-    params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
-    bind = sqlalchemy.bindparam
-    source = (sqlalchemy.select(trials.c.trial_id, bind("name", type_=params.c.param_name.type),
-                                bind("value", type_=params.c.param_value.type),
-                                bind("distribution", type_=params.c.distribution_json.type))
-              .where(trials.c.trial_id == bind("trial_id"), trials.c.state == TrialState.RUNNING))
-    insert = sqlalchemy.insert(params).from_select(["trial_id", "param_name", "param_value", "distribution_json"],
-                                                   source)
+    params = models.TrialParamModel.__table__
+    insert = _from_running_trial(sqlalchemy.insert(params), params,
+                                 {"param_name": "name", "param_value": "value", "distribution_json": "distribution"})
     return insert.execution_options(preserve_rowcount=True)
+
+
 # No public API queries stale trials: Optuna's fail_stale_trials calls this, and so does the scheduled override.
 @retry_on_disconnect
 def _stale_trial_ids_in_one_query(storage: optuna.storages.RDBStorage, study_id: int) -> list[int]:
