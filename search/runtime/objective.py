@@ -7,7 +7,6 @@ import importlib
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from cifar_hpo.search.models.precision import apply_precision
 from cifar_hpo.search.settings import StudySettings
 from cifar_hpo.spaces import build_space, get_space_module
 from cifar_hpo.storage.artifacts import ModelKeeper, keeper_for
-from cifar_hpo.storage.attrs import PHASE_ATTR  # read by the watching process's progress display
+from cifar_hpo.storage.attrs import PHASE_ATTR, WORKER_ATTR, process_tag  # PHASE_ATTR: for the progress display
 from cifar_hpo.storage.errors import StorageError
 
 _logger = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ class Objective:
         import keras
 
         start = time.perf_counter()
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
+        trial.set_user_attr(WORKER_ATTR, process_tag(os.getpid()))
         try:
             config = self.module.suggest(trial, self.space)
         except self.module.InfeasibleConfig as err:

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import multiprocessing
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -148,21 +147,22 @@ def stop_child(child: multiprocessing.process.BaseProcess, job: ChildJob) -> Non
 
 def fail_trials_of_process(job: ChildJob, pid: int | None) -> None:
     """Mark FAIL the study's RUNNING trials that the trial process ``pid`` of this machine ran (their
-    ``worker`` user attr, search/runtime/objective.py); if the storage cannot be reached, their heartbeats go
-    stale and a stale-trial check fails them later."""
+    WORKER_ATTR, search/runtime/objective.py); if the storage cannot be reached, their heartbeats go stale and
+    a stale-trial check fails them later."""
     import optuna
     from optuna.trial import TrialState
 
+    from cifar_hpo.search.runtime.worker import fail_trials
     from cifar_hpo.storage import make_storage
+    from cifar_hpo.storage.attrs import WORKER_ATTR, process_tag
 
-    tag = f"{socket.gethostname()}:{pid}"
     try:
         study = optuna.load_study(study_name=job.study, storage=make_storage(job.url, create=False))
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker") == tag:
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     except Exception as err:  # stopping: nothing more to do here
         _logger.warning("could not mark the killed trial process's trial FAIL (%s); a stale-trial check will", err)
+        return
+    fail_trials(study, [t.number for t in running if t.user_attrs.get(WORKER_ATTR) == process_tag(pid)])
 
 
 def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seconds: float = 1.0) -> int:

@@ -15,7 +15,7 @@ import threading
 import warnings
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -267,7 +267,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 # interrupt_once's handler (a library caller) a Ctrl-C can still land inside the ask; the sampler
                 # has the trial's number once it sampled for it (settings._SeededPerTrial).
                 asked = {trial.number for trial in current} | {getattr(study.sampler, "last_trial_number", None)}
-                _fail_trials(study, sorted(n for n in asked if n is not None))
+                fail_trials(study, sorted(n for n in asked if n is not None))
                 raise
             except Exception as err:
                 if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
@@ -283,7 +283,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 # its context (a tell that failed leaves the trial RUNNING); look at the whole chain.
                 fault = storage_fault(err)
                 if fault is not None:  # disk full, read-only, ...: the same call would fail again
-                    _fail_trials(study, [trial.number for trial in current])
+                    fail_trials(study, [trial.number for trial in current])
                     raise StorageError(f"storage {_where(study)}: {fault}") from None
                 if not _is_storage_error(err):
                     raise
@@ -302,14 +302,9 @@ def _failed_elsewhere(study: optuna.Study, current: list[optuna.trial.Trial], er
     """Optuna could not record this worker's trial because it is FAIL already: a stale-trial check (this
     worker's own reaper included, once the process runs again) failed it while the process was paused."""
     refusals = (ValueError, optuna.exceptions.UpdateFinishedTrialError)
-    chain: list[BaseException] = []
-    cause: BaseException | None = err
-    while cause is not None and len(chain) < 10:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
     # Optuna's tell raises ValueError("Cannot tell a FAIL trial."), report and suggest the other; after an
     # objective that returned, Optuna's log step then raises AssertionError with that error as its context.
-    if not current or not any(isinstance(e, refusals) for e in chain):
+    if not current or not any(isinstance(e, refusals) for e in _error_chain(err)):
         return False
     try:  # no public API reads one trial by id
         return study._storage.get_trial(current[-1]._trial_id).state == TrialState.FAIL
@@ -317,12 +312,17 @@ def _failed_elsewhere(study: optuna.Study, current: list[optuna.trial.Trial], er
         return False
 
 
-def _is_storage_error(err: BaseException) -> bool:
-    while err is not None:
-        if isinstance(err, STORAGE_ERRORS):
-            return True
+def _error_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """The error, then its cause or context, and theirs (each once)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
         err = err.__cause__ or err.__context__
-    return False
+
+
+def _is_storage_error(err: BaseException) -> bool:
+    return any(isinstance(e, STORAGE_ERRORS) for e in _error_chain(err))
 
 
 def _where(study: optuna.Study) -> str:
@@ -330,7 +330,7 @@ def _where(study: optuna.Study) -> str:
     return mask_url(str(storage.url)) if storage is not None else "in memory"
 
 
-def _fail_trials(study: optuna.Study, numbers: list[int | None]) -> None:
+def fail_trials(study: optuna.Study, numbers: list[int | None]) -> None:
     """Mark this worker's trials FAIL unless they already finished, if the storage still takes that write (a
     full disk may, a read-only file does not); otherwise their heartbeat goes stale and another worker fails
     them later."""

@@ -116,11 +116,12 @@ def stubborn_trial_process(job: Any) -> None:
     on SIGTERM, as one whose interrupt was lost in native code."""
     import os
     import signal
-    import socket
     import time
+
+    from cifar_hpo.storage.attrs import WORKER_ATTR, process_tag
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     study = optuna.load_study(study_name=job.study, storage=job.url)
     trial = study.ask()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # as search/runtime/objective.py tags it
+    trial.set_user_attr(WORKER_ATTR, process_tag(os.getpid()))  # as search/runtime/objective.py tags it
     time.sleep(120)  # bounded: a worker that fails to kill it leaves no process behind for long

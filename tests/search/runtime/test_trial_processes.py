@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 import hpo_testkit
 from cifar_hpo.search.runtime import processes
+from cifar_hpo.storage.attrs import WORKER_ATTR
 
 
 def test_a_trial_process_that_does_not_stop_is_killed_and_its_trial_failed(tmp_path: Path, monkeypatch) -> None:
@@ -24,7 +25,7 @@ def test_a_trial_process_that_does_not_stop_is_killed_and_its_trial_failed(tmp_p
 
     def ctrl_c_once_the_child_trains() -> None:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if any("worker" in t.user_attrs for t in running):
+        if any(WORKER_ATTR in t.user_attrs for t in running):
             raise KeyboardInterrupt
 
     started = time.monotonic()
