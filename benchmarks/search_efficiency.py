@@ -88,12 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"folder of the studies and finished runs, for resuming (default {DEFAULT_STATE})")
     p.add_argument("--fresh", action="store_true", help="discard what --state holds and start over")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the PNG is written next to it")
+    p.add_argument("--max-runs", type=int, metavar="N",
+                   help="stop after N runs finished by this process (the same command then goes on from there): "
+                   "fits a long benchmark into sessions and leaves the CPU free at a run boundary")
     args = p.parse_args(argv)
     unknown = sorted(set(args.strategies.split(",")) - set(STRATEGIES))
     if unknown:
         p.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-    if min(args.train, args.val, args.max_epochs, args.budget_epochs, args.seeds) < 1:
-        p.error("--train, --val, --max-epochs, --budget-epochs and --seeds must be >= 1")
+    if min(args.train, args.val, args.max_epochs, args.budget_epochs, args.seeds, args.max_runs or 1) < 1:
+        p.error("--train, --val, --max-epochs, --budget-epochs, --seeds and --max-runs must be >= 1")
     from cifar_hpo.search.settings import StudySettings
 
     args.min_resources = sorted(set(args.min_resources or [StudySettings.min_resource]))
@@ -402,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
 
     workdir = args.state / "kerastuner"
+    finished_here = 0
     for seed in range(args.seeds):
         if not any(b["seed"] == seed for b in result["baselines"]):
             result["baselines"].append(run_baseline(args, seed))
@@ -416,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {key}: best {run['best_val_accuracy']:.4f} in {run['epochs_used']} epochs, "
                   f"{run['trials']} trials, {run['wall_seconds']:.0f} s", file=sys.stderr)
             save()
+            finished_here += 1
+            if args.max_runs is not None and finished_here >= args.max_runs:
+                left = args.seeds * len(variants(strategies, args.min_resources)) - len(result["runs"])
+                print(f"search_efficiency: stopped after {finished_here} runs (--max-runs); {left} left, "
+                      "the same command goes on", file=sys.stderr)
+                return 0
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
     plot(result, args.out.with_suffix(".png"))

@@ -75,3 +75,33 @@ def test_finished_runs_are_taken_from_the_committed_json_when_the_state_folder_i
     assert other.data["runs"] == [] and other.data["baselines"] == []
     fresh = bench.RunState(tmp_path / "fresh", config, fresh=True, earlier_result=out)
     assert fresh.data["runs"] == []
+
+
+def test_max_runs_stops_at_a_run_boundary_and_the_same_command_goes_on(tmp_path, monkeypatch) -> None:
+    """--max-runs fits the benchmark into sessions: each process finishes that many runs, saves them, and the
+    next one with the same command starts with the first run not yet finished (training stubbed out)."""
+    import json
+
+    bench = load_benchmark()
+    started: list[str] = []
+
+    def fake_run(strategy, args, seed, workdir, min_resource=None, storage_url=""):
+        key = bench.run_key(strategy, min_resource)
+        started.append(f"{key}-s{seed}")
+        return {**run(key, seed, 0.5, 10), "strategy": strategy, "min_resource": min_resource}
+
+    monkeypatch.setattr(bench, "run_strategy", fake_run)
+    monkeypatch.setattr(bench, "run_baseline", lambda args, seed: {"seed": seed, "best_val_accuracy": 0.4,
+                                                                  "final_val_accuracy": 0.4})
+    monkeypatch.setattr(bench, "plot", lambda result, path: None)
+    command = ["--strategies", "a_tpe_hyperband,b_random_nopruning", "--min-resources", "1", "2", "--seeds", "2",
+               "--state", str(tmp_path / "state"), "--out", str(tmp_path / "out.json"), "--max-runs", "4"]
+    assert bench.main(command) == 0
+    assert started == ["a_tpe_hyperband@mr1-s0", "a_tpe_hyperband@mr2-s0", "b_random_nopruning-s0",
+                       "a_tpe_hyperband@mr1-s1"]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert len(saved["runs"]) == 4 and "finished" not in saved
+    assert bench.main(command) == 0
+    assert started[4:] == ["a_tpe_hyperband@mr2-s1", "b_random_nopruning-s1"]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert len(saved["runs"]) == 6 and "finished" in saved
