@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql as postgresql_dialect, sqlite as sqli
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cifar_hpo.storage import proxy
+from cifar_hpo.storage import proxy, trial_reads
 from cifar_hpo.storage.errors import StorageError
 
 _logger = logging.getLogger(__name__)
@@ -335,6 +335,28 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 return
         _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution)
 
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """The trial in one statement (storage/trial_reads.py) instead of Optuna's 6; KeyError as in Optuna."""
+        if _inside_optuna_session(self):
+            return _optuna_get_trial(self, trial_id)
+        trials, _ = _read_trials(self, trial_reads.one_trial_query(), {"trial_id": trial_id})
+        if not trials:
+            raise KeyError(_not_found_message())
+        return trials[0]
+
+    def _get_trials(self, study_id: int, states: Any, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[optuna.trial.FrozenTrial]:
+        """A study's trials in one statement instead of Optuna's 7, chosen as Optuna chooses them (Optuna's
+        cache layer calls this on every ask, for the trials that are new or were unfinished when last read)."""
+        listed = {i for i in included_trial_ids if i <= trial_id_greater_than}
+        if len(listed) > trial_reads.MAX_LISTED_TRIAL_IDS or _inside_optuna_session(self):
+            return _optuna_get_trials(self, study_id, states, listed, trial_id_greater_than)
+        query, values = trial_reads.study_trials_parameters(study_id, states, listed, trial_id_greater_than)
+        trials, study_exists = _read_trials(self, query, values)
+        if not study_exists:
+            raise KeyError(_not_found_message())
+        return trials
+
     def check_stale_trials_every(self, study_id: int, period: float | None) -> None:
         """Look for the study's stale trials at most every ``period`` seconds in this process (None: at every
         call). A worker's reaper thread checks on this schedule (next_stale_check_in), so Optuna's own check
@@ -371,12 +393,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     _IDEMPOTENT = (
         "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-        "get_study_system_attrs", "get_all_studies", "get_trial", "get_all_trials", "get_n_trials",
+        "get_study_system_attrs", "get_all_studies", "get_all_trials", "get_n_trials",
         "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_user_attr", "set_trial_system_attr",
         "set_study_user_attr", "set_study_system_attr",
-        "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id", "_get_trials",
+        "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id",
     )
 
 
@@ -453,6 +475,34 @@ def _heartbeat_upsert(dialect: str) -> Any:
 
 
 _DIALECT_INSERTS = {"postgresql": postgresql_dialect.insert, "sqlite": sqlite_dialect.insert}
+
+
+# Optuna's cache layer calls _get_trials (no public API reads only the new and the unfinished trials).
+_optuna_get_trials = retry_on_disconnect(optuna.storages.RDBStorage._get_trials)
+_optuna_get_trial = retry_on_disconnect(optuna.storages.RDBStorage.get_trial)
+
+
+def _inside_optuna_session(storage: optuna.storages.RDBStorage) -> bool:
+    """Whether this thread is inside one of Optuna's transactions, which reads a trial itself before raising
+    UpdateFinishedTrialError: the read must then share its session (another connection would wait for the
+    SQLite write lock it holds), so Optuna's own read is used."""
+    registry = storage.scoped_session.registry
+    return registry.has() and registry().in_transaction()
+
+
+@retry_on_disconnect
+def _read_trials(storage: optuna.storages.RDBStorage, query: Any,
+                 values: dict[str, Any]) -> tuple[list[optuna.trial.FrozenTrial], bool]:
+    """Run one of storage/trial_reads.py's reads: one statement, in autocommit on PostgreSQL."""
+    with _one_statement(storage.engine) as connection:
+        return trial_reads.frozen_trials(connection.execute(query, values))
+
+
+def _not_found_message() -> str:
+    # No public API gives Optuna's message for an unknown study or trial (its private table models hold it).
+    from optuna.storages._rdb import models
+
+    return models.NOT_FOUND_MSG
 
 
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
