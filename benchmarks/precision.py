@@ -112,6 +112,10 @@ def training(split: Any, epochs: int, repeats: int, seed: int, log: Any) -> dict
             "ratio_per_repeat": [round(r, 3) for r in pairs],
             "val_accuracy_points_bf16_minus_float32": round(100 * (bf16["median_val_accuracy"] - f32["median_val_accuracy"]), 2),
             "val_accuracy_points_per_seed": points,
+            # the paired difference's mean and its standard error over seeds: what a 0.5-point bound is read against
+            "val_accuracy_points_mean": round(statistics.mean(points), 2),
+            "val_accuracy_points_standard_error": (round(statistics.stdev(points) / len(points) ** 0.5, 2)
+                                                   if len(points) > 1 else None),
         }
     return out
 

@@ -20,7 +20,7 @@ import re
 import sqlite3
 import time
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -335,6 +335,15 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 return
         _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution)
 
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        """Finish a RUNNING trial (tell) with its values in one statement on PostgreSQL, two in one transaction
+        on SQLite (_finish_if_running); Optuna reads the trial and each value's row before writing (6 round
+        trips). Other transitions (ask taking a WAITING trial) and a trial that is not RUNNING go Optuna's way,
+        which raises its documented errors."""
+        if state.is_finished() and _finish_if_running(self, trial_id, state, values):
+            return True
+        return _set_trial_state_values(self, trial_id, state, values)
+
     def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
         """The trial in one statement (storage/trial_reads.py) instead of Optuna's 6; KeyError as in Optuna."""
         if _inside_optuna_session(self):
@@ -398,7 +407,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         "get_trial_param", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
         "set_trial_param", "set_trial_user_attr", "set_trial_system_attr",
         "set_study_user_attr", "set_study_system_attr",
-        "get_heartbeat_interval", "set_trial_state_values", "_get_best_trial_id",
+        "get_heartbeat_interval", "_get_best_trial_id",
     )
 
 
@@ -507,6 +516,7 @@ def _not_found_message() -> str:
 
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)
 _set_trial_intermediate_value = retry_on_disconnect(optuna.storages.RDBStorage.set_trial_intermediate_value)
+_set_trial_state_values = retry_on_disconnect(optuna.storages.RDBStorage.set_trial_state_values)
 # Optuna's cache layer calls _set_trial_param (no public API takes the earlier distribution it passes).
 _set_trial_param = retry_on_disconnect(optuna.storages.RDBStorage._set_trial_param)
 
@@ -577,6 +587,75 @@ def _param_insert() -> Any:
     insert = _from_running_trial(sqlalchemy.insert(params), params,
                                  {"param_name": "name", "param_value": "value", "distribution_json": "distribution"})
     return insert.execution_options(preserve_rowcount=True)
+
+
+@retry_on_disconnect
+def _finish_if_running(storage: optuna.storages.RDBStorage, trial_id: int, state: TrialState,
+                       values: Any) -> bool:
+    """Set a RUNNING trial's finished state, completion time and values (as Optuna does, the time is this
+    machine's local time). False: nothing written (the trial is not RUNNING or does not exist).
+
+    PostgreSQL: one statement in autocommit, the UPDATE ... WHERE state = RUNNING as a CTE that the values are
+    inserted FROM, so they are written only with the state. SQLite (no UPDATE in a CTE): the UPDATE, then the
+    values, in one BEGIN IMMEDIATE transaction."""
+    from optuna.storages._rdb import models  # no public API converts a stored value (private table models)
+
+    binds: dict[str, Any] = {"finished_id": trial_id, "finished_state": state, "finished_at": datetime.now()}
+    for objective, value in enumerate(values or ()):
+        binds[f"value{objective}"], binds[f"type{objective}"] = models.TrialValueModel.value_to_stored_repr(value)
+    dialect, count = storage.engine.dialect.name, len(values or ())
+    if dialect == "postgresql":
+        with _one_statement(storage.engine) as connection:
+            result = connection.execute(_finish_statement(dialect, count), binds)
+            return (len(result.all()) if count else result.rowcount) > 0
+    with storage.engine.begin() as connection:
+        if connection.execute(_finish_statement(dialect, 0), binds).rowcount == 0:
+            return False
+        if count:
+            connection.execute(_values_upsert(dialect), [
+                {"trial_id": trial_id, "objective": i, "value": binds[f"value{i}"], "value_type": binds[f"type{i}"]}
+                for i in range(count)])
+    return True
+
+
+@functools.cache
+def _finish_statement(dialect: str, objectives: int) -> Any:
+    """The UPDATE of a RUNNING trial to a finished state; with ``objectives`` (PostgreSQL), the INSERT of that
+    many values FROM it, RETURNING a row per value written."""
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
+    from optuna.storages._rdb import models
+
+    trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
+    update = (sqlalchemy.update(trials)
+              .where(trials.c.trial_id == sqlalchemy.bindparam("finished_id"), trials.c.state == TrialState.RUNNING)
+              .values(state=sqlalchemy.bindparam("finished_state", type_=trials.c.state.type),
+                      datetime_complete=sqlalchemy.bindparam("finished_at", type_=trials.c.datetime_complete.type)))
+    if not objectives:
+        return update.execution_options(preserve_rowcount=True)
+    finished = update.returning(trials.c.trial_id).cte("finished")
+    rows = [sqlalchemy.select(  # typed: PostgreSQL would take a UNION of untyped parameters for text
+        finished.c.trial_id, sqlalchemy.literal_column(str(i), sqlalchemy.Integer()),
+        sqlalchemy.cast(sqlalchemy.bindparam(f"value{i}"), values.c.value.type),
+        sqlalchemy.cast(sqlalchemy.bindparam(f"type{i}", type_=values.c.value_type.type), values.c.value_type.type))
+        for i in range(objectives)]
+    insert = _DIALECT_INSERTS[dialect](values).from_select(
+        ["trial_id", "objective", "value", "value_type"], rows[0] if objectives == 1 else sqlalchemy.union_all(*rows))
+    return _upsert_values(insert, values).returning(values.c.trial_id)
+
+
+@functools.cache
+def _values_upsert(dialect: str) -> Any:
+    """A trial's value rows (executemany), a value already there replaced as Optuna replaces it."""
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
+    from optuna.storages._rdb import models
+
+    values = models.TrialValueModel.__table__
+    return _upsert_values(_DIALECT_INSERTS[dialect](values), values)
+
+
+def _upsert_values(insert: Any, values: sqlalchemy.Table) -> Any:
+    return insert.on_conflict_do_update(index_elements=[values.c.trial_id, values.c.objective],
+                                        set_={"value": insert.excluded.value, "value_type": insert.excluded.value_type})
 
 
 # No public API queries stale trials: Optuna's fail_stale_trials calls this, and so does the scheduled override.
