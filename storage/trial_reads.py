@@ -35,8 +35,9 @@ TRIAL, PARAM, VALUE, INTERMEDIATE, USER_ATTR, SYSTEM_ATTR, STUDY = range(7)
 MAX_LISTED_TRIAL_IDS = 900
 
 
-def _models() -> Any:
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads these rows.
+def optuna_models() -> Any:
+    """Optuna's table models (for the tables' columns and its stored-value conversions)."""
+    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
     from optuna.storages._rdb import models
 
     return models
@@ -45,7 +46,7 @@ def _models() -> Any:
 def _union(belongs: Any, study_check: bool) -> Any:
     """The UNION ALL of the trials table and its 5 child tables, each member filtered by ``belongs(trial_id
     column)``; with ``study_check``, one more row that exists when the study (bind parameter study_id) does."""
-    models = _models()
+    models = optuna_models()
     trials = models.TrialModel.__table__
     params = models.TrialParamModel.__table__
     values = models.TrialValueModel.__table__
@@ -97,7 +98,7 @@ def study_trials_query(by_state: bool, listed: bool, after: bool) -> Any:
     """A study's trials (bind parameter study_id), as Optuna's RDBStorage._get_trials chooses them: in
     ``states`` (by_state), and, when ``listed`` or ``after`` is set, those whose id is in ``trial_ids`` or
     greater than ``after_id``. The chosen ids are a CTE, so the id list is bound once, not per table."""
-    trials = _models().TrialModel.__table__
+    trials = optuna_models().TrialModel.__table__
     chosen = sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == sqlalchemy.bindparam("study_id"))
     if by_state:
         chosen = chosen.where(trials.c.state.in_(sqlalchemy.bindparam("states", expanding=True)))
@@ -129,7 +130,7 @@ def study_trials_parameters(study_id: int, states: Iterable[TrialState] | None, 
 def frozen_trials(rows: Iterable[Any]) -> tuple[list[FrozenTrial], bool]:
     """(the trials the rows describe, by trial id, built as Optuna's RDBStorage builds them; whether the
     study row was among them)."""
-    models = _models()
+    models = optuna_models()
     parts: dict[int, dict[str, Any]] = {}
     study_seen = False
     for kind, trial_id, number, name, value, text, start, complete in rows:

@@ -28,11 +28,10 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql as postgresql_dialect, sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cifar_hpo.storage import proxy, trial_reads
+from cifar_hpo.storage import proxy, trial_reads, trial_writes
 from cifar_hpo.storage.errors import StorageError
 
 _logger = logging.getLogger(__name__)
@@ -452,7 +451,7 @@ def _record_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Non
     it (4 statements every heartbeat interval for every running trial).
     """
     with _one_statement(storage.engine) as connection:
-        connection.execute(_heartbeat_upsert(storage.engine.dialect.name), {"trial_id": trial_id})
+        connection.execute(trial_writes.heartbeat_upsert(storage.engine.dialect.name), {"trial_id": trial_id})
 
 
 @contextlib.contextmanager
@@ -469,21 +468,6 @@ def _one_statement(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engi
     else:
         with engine.begin() as connection:
             yield connection
-
-
-@functools.cache
-def _heartbeat_upsert(dialect: str) -> Any:
-    """The heartbeat statement, built once per dialect (see _intermediate_value_upsert)."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    beats = models.TrialHeartbeatModel.__table__
-    insert = _DIALECT_INSERTS[dialect](beats).values(trial_id=sqlalchemy.bindparam("trial_id"),
-                                                     heartbeat=sqlalchemy.func.now())
-    return insert.on_conflict_do_update(index_elements=[beats.c.trial_id], set_={"heartbeat": sqlalchemy.func.now()})
-
-
-_DIALECT_INSERTS = {"postgresql": postgresql_dialect.insert, "sqlite": sqlite_dialect.insert}
 
 
 # Optuna's cache layer calls _get_trials (no public API reads only the new and the unfinished trials).
@@ -523,7 +507,7 @@ _set_trial_param = retry_on_disconnect(optuna.storages.RDBStorage._set_trial_par
 
 @retry_on_disconnect
 def _write_if_running(storage: optuna.storages.RDBStorage, statement: Any, values: dict[str, Any]) -> bool:
-    """Run one of the INSERT ... SELECT statements below (_from_running_trial). False: nothing written (the
+    """Run one of storage/trial_writes.py's INSERT ... SELECT statements. False: nothing written (the
     trial is not RUNNING or does not exist). A retry after a dropped connection is safe for the report's
     upsert; a suggestion written twice fails on the table's unique key, as in Optuna."""
     with _one_statement(storage.engine) as connection:
@@ -536,57 +520,15 @@ def _insert_intermediate_value_if_running(storage: optuna.storages.RDBStorage, t
     from optuna.storages._rdb import models  # no public API converts a stored value (private table models)
 
     stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    return _write_if_running(storage, _intermediate_value_upsert(storage.engine.dialect.name),
+    return _write_if_running(storage, trial_writes.intermediate_value_upsert(storage.engine.dialect.name),
                              {"trial_id": trial_id, "step": step, "value": stored, "value_type": value_type})
 
 
 def _insert_param_if_running(storage: optuna.storages.RDBStorage, trial_id: int, name: str, value: float,
                              distribution: optuna.distributions.BaseDistribution) -> bool:
-    return _write_if_running(storage, _param_insert(),
+    return _write_if_running(storage, trial_writes.param_insert(),
                              {"trial_id": trial_id, "name": name, "value": value,
                               "distribution": optuna.distributions.distribution_to_json(distribution)})
-
-
-def _from_running_trial(insert: Any, table: sqlalchemy.Table, columns: dict[str, str]) -> Any:
-    """``insert`` (a dialect's or SQLAlchemy's INSERT into ``table``) of one row, FROM a SELECT of the trial's
-    row WHERE it is RUNNING: the trial's state is checked in the same statement that writes. ``columns``:
-    column -> bind parameter name; trial_id comes from the trial's row (bind parameter "trial_id")."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    trials = models.TrialModel.__table__
-    binds = [sqlalchemy.bindparam(name, type_=table.c[column].type) for column, name in columns.items()]
-    source = (sqlalchemy.select(trials.c.trial_id, *binds)
-              .where(trials.c.trial_id == sqlalchemy.bindparam("trial_id"), trials.c.state == TrialState.RUNNING))
-    return insert.from_select(["trial_id", *columns], source)
-
-
-@functools.cache
-def _intermediate_value_upsert(dialect: str) -> Any:
-    """The report statement, built once per dialect: building it per call took half a report's time."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    values = models.TrialIntermediateValueModel.__table__
-    columns = {"step": "step", "intermediate_value": "value", "intermediate_value_type": "value_type"}
-    insert = _from_running_trial(_DIALECT_INSERTS[dialect](values), values, columns)
-    upsert = insert.on_conflict_do_update(
-        index_elements=[values.c.trial_id, values.c.step],
-        set_={"intermediate_value": insert.excluded.intermediate_value,
-              "intermediate_value_type": insert.excluded.intermediate_value_type})
-    return upsert.execution_options(preserve_rowcount=True)  # an INSERT's rowcount is kept only when asked for
-
-
-@functools.cache
-def _param_insert() -> Any:
-    """The suggest statement, built once (see _intermediate_value_upsert)."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    params = models.TrialParamModel.__table__
-    insert = _from_running_trial(sqlalchemy.insert(params), params,
-                                 {"param_name": "name", "param_value": "value", "distribution_json": "distribution"})
-    return insert.execution_options(preserve_rowcount=True)
 
 
 @retry_on_disconnect
@@ -606,56 +548,16 @@ def _finish_if_running(storage: optuna.storages.RDBStorage, trial_id: int, state
     dialect, count = storage.engine.dialect.name, len(values or ())
     if dialect == "postgresql":
         with _one_statement(storage.engine) as connection:
-            result = connection.execute(_finish_statement(dialect, count), binds)
+            result = connection.execute(trial_writes.finish_statement(dialect, count), binds)
             return (len(result.all()) if count else result.rowcount) > 0
     with storage.engine.begin() as connection:
-        if connection.execute(_finish_statement(dialect, 0), binds).rowcount == 0:
+        if connection.execute(trial_writes.finish_statement(dialect, 0), binds).rowcount == 0:
             return False
         if count:
-            connection.execute(_values_upsert(dialect), [
+            connection.execute(trial_writes.values_upsert(dialect), [
                 {"trial_id": trial_id, "objective": i, "value": binds[f"value{i}"], "value_type": binds[f"type{i}"]}
                 for i in range(count)])
     return True
-
-
-@functools.cache
-def _finish_statement(dialect: str, objectives: int) -> Any:
-    """The UPDATE of a RUNNING trial to a finished state; with ``objectives`` (PostgreSQL), the INSERT of that
-    many values FROM it, RETURNING a row per value written."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
-    update = (sqlalchemy.update(trials)
-              .where(trials.c.trial_id == sqlalchemy.bindparam("finished_id"), trials.c.state == TrialState.RUNNING)
-              .values(state=sqlalchemy.bindparam("finished_state", type_=trials.c.state.type),
-                      datetime_complete=sqlalchemy.bindparam("finished_at", type_=trials.c.datetime_complete.type)))
-    if not objectives:
-        return update.execution_options(preserve_rowcount=True)
-    finished = update.returning(trials.c.trial_id).cte("finished")
-    rows = [sqlalchemy.select(  # typed: PostgreSQL would take a UNION of untyped parameters for text
-        finished.c.trial_id, sqlalchemy.literal_column(str(i), sqlalchemy.Integer()),
-        sqlalchemy.cast(sqlalchemy.bindparam(f"value{i}"), values.c.value.type),
-        sqlalchemy.cast(sqlalchemy.bindparam(f"type{i}", type_=values.c.value_type.type), values.c.value_type.type))
-        for i in range(objectives)]
-    insert = _DIALECT_INSERTS[dialect](values).from_select(
-        ["trial_id", "objective", "value", "value_type"], rows[0] if objectives == 1 else sqlalchemy.union_all(*rows))
-    return _upsert_values(insert, values).returning(values.c.trial_id)
-
-
-@functools.cache
-def _values_upsert(dialect: str) -> Any:
-    """A trial's value rows (executemany), a value already there replaced as Optuna replaces it."""
-    # Optuna's table models are private (optuna.storages._rdb.models): no public API reads or writes these rows.
-    from optuna.storages._rdb import models
-
-    values = models.TrialValueModel.__table__
-    return _upsert_values(_DIALECT_INSERTS[dialect](values), values)
-
-
-def _upsert_values(insert: Any, values: sqlalchemy.Table) -> Any:
-    return insert.on_conflict_do_update(index_elements=[values.c.trial_id, values.c.objective],
-                                        set_={"value": insert.excluded.value, "value_type": insert.excluded.value_type})
 
 
 # No public API queries stale trials: Optuna's fail_stale_trials calls this, and so does the scheduled override.
