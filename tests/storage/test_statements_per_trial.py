@@ -62,7 +62,11 @@ def test_service_sends_no_more_than_plain_optuna_per_trial_and_still_heartbeats(
     # Every transaction ends in COMMIT: on a ROLLBACK psycopg 3 forgets the statements it prepared, and each of
     # Optuna's statements ran unprepared again (the budget count's rollback did that once a trial).
     assert service["per_trial"]["rollbacks"] == 0 == plain["per_trial"]["rollbacks"]
-    assert service["per_trial_by_cause"]["heartbeat"]["statements"] >= 1  # every trial beats at its start
+    # Every trial beats once as it starts (heartbeat_rows above), from Optuna's heartbeat thread, while the
+    # measured window's edges are snapshots the objective takes as a trial starts: a beat at an edge can fall
+    # either side of it, so the window holds at least one beat fewer than the trials it spans.
+    measured = TRIALS - 1 - WARMUP
+    assert round(service["per_trial_by_cause"]["heartbeat"]["statements"] * measured) >= measured - 1
 
 
 def test_a_remembered_study_id_is_not_looked_up_again(tmp_path: Path) -> None:
