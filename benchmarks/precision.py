@@ -1,9 +1,10 @@
 """Mixed precision on this CPU: training images/s and validation accuracy, bf16 against float32, and the
 InceptionV3 trunk's feature extraction (images/s per batch size, and how close bf16 features are to float32).
 
-Training: two cnn-space models, the seed baseline (spaces/cnn.py BASELINE) and a stronger batch-norm model
-(depth 3, 2 convs per block, 32 filters x2, batch norm, global average pooling, batch 128), each trained with
-the same data and epochs under both policies. Repeat ``r`` uses seed ``--seed + r`` for both policies (same
+Training: cnn-space models (--models; default the seed baseline, spaces/cnn.py BASELINE, and a stronger
+batch-norm model: depth 3, 2 convs per block, 32 filters x2, batch norm, global average pooling, batch 128,
+constant learning rate; or the study's priors, prior_vgg_bn and prior_resnet, whose schedules settle the last
+epoch's accuracy), each trained with the same data and epochs under both policies. Repeat ``r`` uses seed ``--seed + r`` for both policies (same
 seed, same initial weights and batches: a paired comparison; across repeats the seed changes, so the spread
 of accuracy over repeats shows the seed noise the bf16-float32 difference has to be read against).
 Precisions alternate within each repeat (and which goes first alternates between repeats) so load changes on
@@ -45,7 +46,7 @@ from cifar_hpo.search.models.feature_cache import STORE_DTYPE  # noqa: E402
 from cifar_hpo.search.models.precision import BF16_CPU_FLAGS, cpu_flags, resolve  # noqa: E402
 from cifar_hpo.search.models.training import EpochTimer, fit_tracked  # noqa: E402
 from cifar_hpo.search.runtime.objective import clear_tensorflow_state  # noqa: E402
-from cifar_hpo.spaces.cnn import BASELINE  # noqa: E402
+from cifar_hpo.spaces.cnn import BASELINE, PRIORS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 POLICIES = ("float32", "mixed_bfloat16")
@@ -54,7 +55,11 @@ MODELS = {
     "batchnorm": dataclasses.replace(BASELINE, depth=3, convs_per_block=2, base_filters=32, filter_growth=2.0,
                                      padding="same", batch_norm=True, head="global_avg", dense_dropout=0.3,
                                      batch_size=128),
+    # the study's priors (spaces/cnn.py PRIORS): warm-up + cosine / one-cycle end each run at a small learning
+    # rate, so the last epoch's validation accuracy is settled enough to compare the two precisions by
+    **{f"prior_{name}": config for name, config in PRIORS.items()},
 }
+DEFAULT_MODELS = ("baseline", "batchnorm")
 
 
 def train_once(config: Any, split: Any, policy: str, epochs: int, seed: int) -> dict[str, Any]:
@@ -89,11 +94,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "val_accuracy_spread": round(max(acc) - min(acc), 4)}
 
 
-def training(split: Any, epochs: int, repeats: int, seed: int, log: Any) -> dict[str, Any]:
-    runs: dict[str, dict[str, list]] = {m: {p: [] for p in POLICIES} for m in MODELS}
+def training(split: Any, epochs: int, repeats: int, seed: int, log: Any,
+             models: tuple[str, ...] = DEFAULT_MODELS) -> dict[str, Any]:
+    runs: dict[str, dict[str, list]] = {m: {p: [] for p in POLICIES} for m in models}
     for repeat in range(repeats):
         order = POLICIES if repeat % 2 == 0 else POLICIES[::-1]
-        for name, config in MODELS.items():
+        for name in models:
+            config = MODELS[name]
             for policy in order:
                 run = train_once(config, split, policy, epochs, seed + repeat)
                 run["seed"] = seed + repeat
@@ -174,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated models to train, of {', '.join(MODELS)} (default %(default)s)")
     parser.add_argument("--extract-images", type=int, default=500)
     parser.add_argument("--trunk-batches", default="16,32,64", help="comma-separated extraction batch sizes")
     parser.add_argument("--extract-repeats", type=int, default=2)
@@ -188,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    if not models or set(models) - set(MODELS):
+        parser.error(f"--models: choose from {', '.join(MODELS)}")
     unknown = sorted(set(sections) - {"training", "extraction"})
     if unknown or ("extraction" in sections and not args.weights):
         parser.error(f"--sections: unknown {unknown}" if unknown else "the extraction section needs --weights")
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             split = split_train_val(data, args.val, args.train, args.seed)
             section = {"scale": {"train": len(split.x_train), "val": len(split.x_val), "epochs": args.epochs,
                                  "repeats": args.repeats, "seeds": [args.seed + r for r in range(args.repeats)]},
-                       "models": training(split, args.epochs, args.repeats, args.seed, log)}
+                       "models": training(split, args.epochs, args.repeats, args.seed, log, models)}
         else:
             batches = [int(b) for b in args.trunk_batches.split(",") if b.strip()]
             section = extraction(data.x_train[:args.extract_images], args.weights, batches, args.extract_repeats, log)
