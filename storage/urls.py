@@ -492,10 +492,7 @@ def _read_trials(storage: optuna.storages.RDBStorage, query: Any,
 
 
 def _not_found_message() -> str:
-    # No public API gives Optuna's message for an unknown study or trial (its private table models hold it).
-    from optuna.storages._rdb import models
-
-    return models.NOT_FOUND_MSG
+    return trial_reads.optuna_models().NOT_FOUND_MSG  # Optuna's message for an unknown study or trial
 
 
 _get_study_id_from_name = retry_on_disconnect(optuna.storages.RDBStorage.get_study_id_from_name)

@@ -35,3 +35,20 @@ def study_name(any_storage: optuna.storages.BaseStorage) -> Iterator[str]:
         optuna.delete_study(study_name=name, storage=any_storage)
     except KeyError:
         pass
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def beside_optuna(request: pytest.FixtureRequest, tmp_path: Path):
+    """(the service's storage, Optuna's own RDBStorage on the same database, a study name prefix), for tests
+    that compare what the service's fast paths read or write with Optuna's own; the studies are deleted after."""
+    url = (f"sqlite:///{tmp_path / 'beside.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    ours = make_storage(url)
+    theirs = optuna.storages.RDBStorage(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    name = f"beside-{uuid.uuid4().hex[:10]}"
+    yield ours, theirs, name
+    for study in optuna.get_all_study_names(theirs):
+        if study.startswith(name):
+            optuna.delete_study(study_name=study, storage=theirs)
+    ours.engine.dispose()
+    theirs.engine.dispose()

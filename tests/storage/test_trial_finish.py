@@ -3,31 +3,12 @@ writes, and Optuna's errors for a trial that is not RUNNING (Optuna's storage co
 
 from __future__ import annotations
 
-import uuid
-
 import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from cifar_hpo.storage import make_storage
 from cifar_hpo.storage.statements import count_statements
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def storages(request, tmp_path):
-    """(the service's storage, Optuna's own RDBStorage on the same database, a study name); deleted after."""
-    url = (f"sqlite:///{tmp_path / 'finish.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
-    ours = make_storage(url)
-    theirs = optuna.storages.RDBStorage(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    name = f"finish-{uuid.uuid4().hex[:10]}"
-    yield ours, theirs, name
-    for study in optuna.get_all_study_names(theirs):
-        if study.startswith(name):
-            optuna.delete_study(study_name=study, storage=theirs)
-    ours.engine.dispose()
-    theirs.engine.dispose()
 
 
 @pytest.mark.parametrize("state, values", [
@@ -38,8 +19,8 @@ def storages(request, tmp_path):
     (TrialState.PRUNED, None),
     (TrialState.FAIL, None),
 ])
-def test_a_running_trial_is_finished_as_optuna_finishes_it(storages, state, values) -> None:
-    ours, theirs, name = storages
+def test_a_running_trial_is_finished_as_optuna_finishes_it(beside_optuna, state, values) -> None:
+    ours, theirs, name = beside_optuna
     directions = ["maximize"] * (len(values) if values else 1)
     mine = optuna.create_study(study_name=name, storage=ours, directions=directions)
     optunas = optuna.create_study(study_name=f"{name}-optuna", storage=theirs, directions=directions)
@@ -54,8 +35,8 @@ def test_a_running_trial_is_finished_as_optuna_finishes_it(storages, state, valu
     assert done.datetime_complete is not None and done.datetime_complete >= done.datetime_start
 
 
-def test_a_trial_that_is_not_running_keeps_optunas_errors_and_its_rows(storages) -> None:
-    ours, theirs, name = storages
+def test_a_trial_that_is_not_running_keeps_optunas_errors_and_its_rows(beside_optuna) -> None:
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     trial = study.ask()
     study.tell(trial, state=TrialState.FAIL)  # as the stale-trial reaper fails a silent trial
@@ -68,8 +49,8 @@ def test_a_trial_that_is_not_running_keeps_optunas_errors_and_its_rows(storages)
         ours.set_trial_state_values(trial._trial_id + 1000, TrialState.COMPLETE, [1.0])
 
 
-def test_a_waiting_trial_is_taken_once_and_tell_still_works(storages) -> None:
-    ours, theirs, name = storages
+def test_a_waiting_trial_is_taken_once_and_tell_still_works(beside_optuna) -> None:
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     study.enqueue_trial({"x": 0.5})
     waiting = study.get_trials(states=(TrialState.WAITING,))[0]._trial_id

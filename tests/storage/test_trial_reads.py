@@ -4,36 +4,13 @@ same database, field for field, for every kind of content a trial can hold and e
 from __future__ import annotations
 
 import math
-import uuid
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from cifar_hpo.storage import make_storage
 from cifar_hpo.storage.statements import count_statements
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'reads.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def studies(url):
-    """(the service's storage, Optuna's own RDBStorage on the same database, a study name); deleted after."""
-    ours = make_storage(url)
-    theirs = optuna.storages.RDBStorage(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    name = f"reads-{uuid.uuid4().hex[:10]}"
-    yield ours, theirs, name
-    for study in optuna.get_all_study_names(theirs):
-        if study.startswith(name):
-            optuna.delete_study(study_name=study, storage=theirs)
-    ours.engine.dispose()
-    theirs.engine.dispose()
 
 
 def fill(study: optuna.Study) -> None:
@@ -75,8 +52,8 @@ def same(ours: list, theirs: list) -> None:
     assert [t.number for t in theirs] == sorted(t.number for t in theirs)  # by trial id, as Optuna orders them
 
 
-def test_one_trial_is_read_as_optuna_reads_it_in_one_statement(studies) -> None:
-    ours, theirs, name = studies
+def test_one_trial_is_read_as_optuna_reads_it_in_one_statement(beside_optuna) -> None:
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     fill(study)
     trial_ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
@@ -90,8 +67,8 @@ def test_one_trial_is_read_as_optuna_reads_it_in_one_statement(studies) -> None:
         ours.get_trial(max(trial_ids) + 1000)
 
 
-def test_a_studys_trials_are_chosen_and_read_as_optuna_does_it(studies) -> None:
-    ours, theirs, name = studies
+def test_a_studys_trials_are_chosen_and_read_as_optuna_does_it(beside_optuna) -> None:
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     fill(study)
     other = optuna.create_study(study_name=f"{name}-other", storage=ours)  # its trials must not leak in
@@ -118,10 +95,10 @@ def test_a_studys_trials_are_chosen_and_read_as_optuna_does_it(studies) -> None:
         ours._get_trials(study_id + 1000, None, set(), -1)
 
 
-def test_reads_inside_optunas_own_transaction_keep_its_error(studies) -> None:
+def test_reads_inside_optunas_own_transaction_keep_its_error(beside_optuna) -> None:
     """Optuna reads the trial inside its write transaction before raising UpdateFinishedTrialError: the read
     shares that transaction (on SQLite another connection would wait for the write lock it holds)."""
-    ours, _, name = studies
+    ours, _, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     trial = study.ask()
     study.tell(trial, 1.0)
@@ -131,10 +108,10 @@ def test_reads_inside_optunas_own_transaction_keep_its_error(studies) -> None:
         ours.set_trial_user_attr(trial._trial_id, "late", 1)
 
 
-def test_a_long_list_of_unfinished_trials_falls_back_to_optunas_reads(studies, monkeypatch) -> None:
+def test_a_long_list_of_unfinished_trials_falls_back_to_optunas_reads(beside_optuna, monkeypatch) -> None:
     from cifar_hpo.storage import trial_reads
 
-    ours, theirs, name = studies
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours)
     for _ in range(4):
         study.ask()
@@ -146,8 +123,8 @@ def test_a_long_list_of_unfinished_trials_falls_back_to_optunas_reads(studies, m
     same(mine, theirs._get_trials(study._study_id, None, ids, max(ids)))
 
 
-def test_multi_objective_values_keep_their_order(studies) -> None:
-    ours, theirs, name = studies
+def test_multi_objective_values_keep_their_order(beside_optuna) -> None:
+    ours, theirs, name = beside_optuna
     study = optuna.create_study(study_name=name, storage=ours, directions=["maximize", "minimize", "maximize"])
     trial = study.ask({"x": FloatDistribution(0, 1), "n": IntDistribution(0, 4), "c": CategoricalDistribution("ab")})
     study.tell(trial, [0.5, float("-inf"), 3.0])
