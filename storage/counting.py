@@ -9,7 +9,8 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cifar_hpo.storage.urls import read_rows, retry_on_disconnect
+from cifar_hpo.storage.faults import retry_on_disconnect
+from cifar_hpo.storage.resilient_rdb import read_rows
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -1,5 +1,5 @@
 """The one-statement writes of a trial's rows that replace Optuna's read-then-write ones, built once per
-dialect (building a statement per call took half a report's time); storage/urls.py runs them, with its
+dialect (building a statement per call took half a report's time); storage/resilient_rdb.py runs them, with its
 retries and, on PostgreSQL, in autocommit. All but the heartbeat check the trial is RUNNING in the statement
 that writes, so a finished or unknown trial writes nothing and the caller falls back to Optuna's own path and
 its errors:

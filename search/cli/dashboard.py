@@ -21,7 +21,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.cli.search import STORAGE_HELP, default_storage
-from cifar_hpo.storage.urls import is_memory, mask_url
+from cifar_hpo.storage.masking import mask_url
+from cifar_hpo.storage.urls import is_memory
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

@@ -16,7 +16,8 @@ from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_stor
 from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.settings import run_timeout
 from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
-from cifar_hpo.storage.urls import is_memory, mask_url, sqlite_path
+from cifar_hpo.storage.masking import mask_url
+from cifar_hpo.storage.urls import is_memory, sqlite_path
 
 SQLITE_WRITERS_WARNING = 4
 STOP_GRACE_S = 30  # above a worker's own grace for its trial process (processes.CHILD_STOP_GRACE_S)

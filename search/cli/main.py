@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpo {args.command if args else '-'}: error: {err}", file=sys.stderr)  # args is set: parsing raises none
         return ExitCode.CONFIG
     except Exception as err:
-        from cifar_hpo.storage.urls import mask_url, storage_fault  # lazy: the CLI's start-up stays light
+        from cifar_hpo.storage.faults import storage_fault  # lazy: the CLI's start-up stays light
+        from cifar_hpo.storage.masking import mask_url
 
         fault = storage_fault(err)  # disk full, read-only, ... hit outside a worker loop (opening, reading)
         if fault is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from cifar_hpo.search.cli.search import STORAGE_HELP, add_storage_flags, default_storage
 from cifar_hpo.search.errors import ConfigError, ExitCode
-from cifar_hpo.storage.urls import mask_url
+from cifar_hpo.storage.masking import mask_url
 
 DEFAULT_TOP = 5
 DEFAULT_SEEDS = 2

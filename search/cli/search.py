@@ -13,7 +13,8 @@ from cifar_hpo.search.models.precision import PRECISIONS
 from cifar_hpo.search.presets import PRESET_NAMES, PRESETS
 from cifar_hpo.search.settings import (ENGINES, PRUNERS, SAMPLERS, TTA_MODES, StudySettings, absolute_data_path,
                                        run_timeout)
-from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory, mask_url
+from cifar_hpo.storage.masking import mask_url
+from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, DEFAULT_URL, is_memory
 
 DEFAULT_N_TRIALS = 20
 DEFAULT_RECYCLE_AFTER = 5

@@ -17,7 +17,8 @@ from cifar_hpo.search.cli.dashboard import is_loopback
 from cifar_hpo.search.cli.search import default_storage
 from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.storage.proxy import DEFAULT_HOST, DEFAULT_PORT, SCHEME, format_address, is_proxy_url
-from cifar_hpo.storage.urls import is_memory, mask_url
+from cifar_hpo.storage.masking import mask_url
+from cifar_hpo.storage.urls import is_memory
 
 
 def register(subparsers: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cifar_hpo.search.cli.search import STORAGE_HELP, add_storage_flags, default_storage
 from cifar_hpo.search.errors import ConfigError, ExitCode
-from cifar_hpo.storage.urls import mask_url
+from cifar_hpo.storage.masking import mask_url
 
 COLUMNS = ("study", "space", "complete", "pruned", "failed", "running", "best", "first trial")
 

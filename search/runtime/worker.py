@@ -26,7 +26,9 @@ from cifar_hpo.search.runtime.interrupts import interrupted, signals_deferred
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.storage.counting import count_study_trials, rdb_storage
 from cifar_hpo.storage.liveness import heartbeat_interval
-from cifar_hpo.storage.urls import ResilientRDBStorage, database_message, mask_url, storage_fault
+from cifar_hpo.storage.faults import database_message, storage_fault
+from cifar_hpo.storage.masking import mask_url
+from cifar_hpo.storage.resilient_rdb import ResilientRDBStorage
 
 _logger = logging.getLogger(__name__)
 

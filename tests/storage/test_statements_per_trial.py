@@ -264,17 +264,17 @@ def test_a_one_statement_write_on_postgresql_leaves_no_transaction_to_end(postgr
     """What the counter assumes of autocommit, read from psycopg itself: after the statement the server is idle
     (no COMMIT to send), where a transaction's statement leaves it in the transaction."""
     psycopg = pytest.importorskip("psycopg")
-    from cifar_hpo.storage import urls
+    from cifar_hpo.storage import resilient_rdb
 
     engine = make_storage(postgres_url).engine
     idle, in_transaction = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
-    with urls._one_statement(engine) as connection:
+    with resilient_rdb._one_statement(engine) as connection:
         connection.execute(sqlalchemy.text("SELECT 1"))
         assert connection.connection.dbapi_connection.info.transaction_status == idle
     with engine.begin() as connection:
         connection.execute(sqlalchemy.text("SELECT 1"))
         assert connection.connection.dbapi_connection.info.transaction_status == in_transaction
-    with count_statements(engine) as counter, urls._one_statement(engine) as connection:
+    with count_statements(engine) as counter, resilient_rdb._one_statement(engine) as connection:
         connection.execute(sqlalchemy.text("SELECT 1"))
     assert (counter.counts().statements, counter.counts().round_trips) == (1, 1)
     engine.dispose()

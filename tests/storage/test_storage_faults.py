@@ -10,18 +10,19 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-import cifar_hpo.storage.urls as urls
+import cifar_hpo.storage.faults as faults
+import cifar_hpo.storage.resilient_rdb as resilient_rdb
 from cifar_hpo.search.cli import main
 from cifar_hpo.storage.errors import StorageError
 from cifar_hpo.search.runtime.worker import run_worker
 from cifar_hpo.storage import make_storage
 from hpo_testkit import create_tiny_study as create
 
-_is_disconnect = urls._is_disconnect
+_is_disconnect = faults._is_disconnect
 
 
 def storage_fault(err: BaseException) -> str | None:
-    return urls.storage_fault(err)  # looked up at call time: the old code had no such function
+    return faults.storage_fault(err)  # looked up at call time: the old code had no such function
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -86,7 +87,7 @@ def test_postgres_connections_are_pinged_only_after_idling_and_a_dropped_one_is_
             with engine.connect() as conn:  # back at once: not pinged
                 assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
         assert counter.counts().pings == 0
-        monkeypatch.setattr(urls, "PING_AFTER_IDLE_S", 0.0)  # from now on every pooled connection counts as idle
+        monkeypatch.setattr(resilient_rdb, "PING_AFTER_IDLE_S", 0.0)  # from now on every pooled connection counts as idle
         with admin.connect() as other:
             other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         with count_statements(engine) as counter:
