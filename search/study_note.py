@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 
 from cifar_hpo.search.settings import SUBSET_VAL_MAX, SUBSET_VAL_MIN, SUBSET_VAL_RATIO, StudySettings, default_val_size
-from cifar_hpo.spaces import get_space_module
-from cifar_hpo.spaces.bounds import describe, space_bounds
+from cifar_hpo.spaces import bound_overrides, declared_priors, get_space_module
+from cifar_hpo.spaces.bounds import describe, outside_bounds, pinned_values, space_bounds
 
 _logger = logging.getLogger(__name__)
 
@@ -52,10 +52,19 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         + (" (resolved by each trial process; its `precision` user attr holds the Keras policy it used)"
            if settings.precision == "auto" else ""),
     ]
-    priors = getattr(get_space_module(settings.space), "PRIORS", {}) if settings.priors and settings.engine == "optuna" else {}
-    if priors:
-        lines.append("- **Priors** enqueued after the baseline (strong known recipes, `--no-priors` turns them off): "
-                     + ", ".join(f"`{name}`" for name in priors))
+    if settings.priors and settings.engine == "optuna":
+        built_in = getattr(get_space_module(settings.space), "PRIORS", {})
+        declared = declared_priors(settings.space, settings.space_overrides, space)
+        pinned = pinned_values(space)
+
+        def enqueued(params: dict[str, Any]) -> bool:  # with the values the study pins, as study_setup queues it
+            return not outside_bounds(space, {**params, **{k: v for k, v in pinned.items() if k in params}})
+
+        priors = [f"`{name}`" for name, config in built_in.items() if enqueued(config.to_params())]
+        priors += [f"`{name}` (from the space config)" for name in declared]
+        if priors:
+            lines.append("- **Priors** enqueued after the baseline (strong known recipes, `--no-priors` turns them "
+                         "off): " + ", ".join(priors))
     if settings.space == "inception":
         lines.append(f"- **Weights**: `{settings.weights}`")
     lines += [
@@ -65,7 +74,7 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
         "| parameter | bounds |",
         "|---|---|",
     ]
-    overridden = set(settings.space_overrides)
+    overridden = set(bound_overrides(settings.space_overrides))
     for name, bound in space_bounds(space).items():
         mark = " (overridden)" if name in overridden else ""
         lines.append(f"| {name} | {describe(bound)}{mark} |")

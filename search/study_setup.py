@@ -12,7 +12,7 @@ from cifar_hpo.search.models.data import Cifar10, Split, load_cifar10, split_tra
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.study_note import annotate_new_study
 from cifar_hpo.search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
-from cifar_hpo.spaces import build_space, get_space_module, load_overrides
+from cifar_hpo.spaces import build_space, declared_priors, get_space_module, load_overrides
 from cifar_hpo.spaces.bounds import outside_bounds, pinned_values
 from cifar_hpo.storage import make_storage, open_study, study_exists
 from cifar_hpo.storage.studies import create_or_load_study
@@ -69,7 +69,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
         if note:
             notes.append(note)
         if settings.priors and settings.engine == "optuna":  # KerasTuner draws its own first trials
-            notes.extend(enqueue_priors(study, settings.space, space))
+            notes.extend(enqueue_priors(study, settings.space, space, settings.space_overrides))
 
     study, created = create_or_load_study(storage, name, settings.to_attrs(), sampler=make_sampler(settings),
                                           pruner=make_pruner(settings), prepare=prepare)
@@ -119,6 +119,7 @@ def _settings(stored: StudySettings | None, given: dict[str, Any],
         settings = dataclasses.replace(settings, data=absolute_data_path(data_override))
     try:
         space = build_space(settings.space, settings.space_overrides, settings.space_version)
+        declared_priors(settings.space, settings.space_overrides, space)  # checked before anything is written
     except (ValueError, TypeError) as err:
         raise ConfigError(f"space {settings.space!r}: {err}") from None
     if settings.space == "inception":
@@ -155,11 +156,14 @@ def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
     return _enqueue_inside(study, space, module, module.BASELINE, {"baseline": True}, "seed baseline")
 
 
-def enqueue_priors(study: optuna.Study, space_name: str, space: Any) -> list[str]:
-    """Queue the space's strong known recipes (after the baseline); those the bounds exclude are skipped."""
+def enqueue_priors(study: optuna.Study, space_name: str, space: Any,
+                   overrides: dict[str, Any] | None = None) -> list[str]:
+    """Queue the space's strong known recipes (after the baseline), those the bounds exclude skipped, then
+    the recipes the space config declares (``overrides``' [SPACE.priors.NAME] tables, checked inside the bounds)."""
     module = get_space_module(space_name)
+    priors = {**getattr(module, "PRIORS", {}), **declared_priors(space_name, overrides, space)}
     notes = [_enqueue_inside(study, space, module, config, {"prior": name}, f"prior {name!r}")
-             for name, config in getattr(module, "PRIORS", {}).items()]
+             for name, config in priors.items()]
     return [note for note in notes if note]
 
 

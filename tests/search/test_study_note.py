@@ -75,3 +75,15 @@ def test_inception_note_names_the_weights() -> None:
     settings = StudySettings(space="inception", weights="/assets/inception.weights.h5")
     note = study_note("inc", settings, build_space("inception"))
     assert "`inception` space" in note and "`/assets/inception.weights.h5`" in note
+
+
+def test_note_lists_the_priors_this_study_enqueues_built_in_and_declared() -> None:
+    overrides = {"base_filters": {"choices": [16, 32]},
+                 "priors": {"narrow_resnet": {"like": "resnet", "base_filters": 16}}}
+    note = study_note("p", StudySettings(space_overrides=overrides), build_space("cnn", overrides))
+    assert "`vgg_bn`, `resnet`, `narrow_resnet` (from the space config)" in note
+    assert "| priors |" not in note and "(overridden)" in note  # the priors table is not a bound
+    narrowed = {"base_filters": {"choices": [16, 48]}}  # both built-in recipes use 32: not enqueued, not listed
+    assert "**Priors**" not in study_note("p", StudySettings(space_overrides=narrowed), build_space("cnn", narrowed))
+    assert "**Priors**" not in study_note("p", StudySettings(priors=False, space_overrides=overrides),
+                                          build_space("cnn", overrides))

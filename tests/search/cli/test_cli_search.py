@@ -1,5 +1,6 @@
 """`hpo search` end to end through main(argv) on tiny synthetic data; the database is checked afterwards."""
 
+import dataclasses
 import sqlite3
 
 import optuna
@@ -7,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cifar_hpo.search.cli import main
-from cifar_hpo.spaces.cnn import BASELINE
+from cifar_hpo.spaces.cnn import BASELINE, PRIORS
 
 
 def search_args(db, npz, *extra, epochs="2"):
@@ -137,3 +138,33 @@ def test_recycled_trial_processes_draw_new_suggestions(tmp_path, tiny_npz):
     assert len(trials) == 3
     assert len({t.params["weight_decay"] for t in trials}) == 3
     assert len({t.user_attrs.get("worker") for t in trials}) == 3  # three processes, one trial each
+
+
+def test_space_config_priors_are_enqueued_after_the_built_in_ones_and_stored(tmp_path, tiny_npz, capsys):
+    config = tmp_path / "space.toml"
+    config.write_text('[cnn]\nbase_filters = {choices = [8, 32]}\ndepth = {low = 2, high = 3}\n\n'
+                      '[cnn.priors.tiny_resnet]\nlike = "resnet"\nbase_filters = 8\ndepth = 2\nbatch_size = 64\n')
+    db = tmp_path / "s.db"
+    args = [a for a in search_args(db, tiny_npz, "--space-config", str(config), "--no-baseline", "--n-trials", "3",
+                                   epochs="1") if a != "--no-priors"]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    assert [t.user_attrs.get("prior") for t in study.trials] == ["vgg_bn", "resnet", "tiny_resnet"]
+    expected = dataclasses.replace(PRIORS["resnet"], base_filters=8, depth=2, batch_size=64).to_params()
+    assert study.trials[2].params == pytest.approx(expected)
+    stored = study.user_attrs["hpo_settings"]["space_overrides"]
+    assert stored["priors"] == {"tiny_resnet": {"like": "resnet", "base_filters": 8, "depth": 2, "batch_size": 64}}
+    assert main(args) == 0  # resumed with the same file: the same settings, nothing enqueued twice
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    assert [t.user_attrs.get("prior") for t in study.trials].count("tiny_resnet") == 1
+
+
+def test_a_bad_space_config_prior_is_one_line_and_writes_nothing(tmp_path, tiny_npz, capsys):
+    config = tmp_path / "space.toml"
+    config.write_text('[cnn]\nbase_filters = {choices = [8, 16]}\n\n[cnn.priors.wide]\nlike = "resnet"\n')
+    db = tmp_path / "new.db"
+    rc = main(search_args(db, tiny_npz, "--space-config", str(config), "--n-trials", "1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "prior 'wide' of the space config: its base_filters lie outside the bounds" in err[0]
+    assert not db.exists()
