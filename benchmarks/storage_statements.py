@@ -228,7 +228,7 @@ def once_costs(url: str, name: str = STUDY_NAME) -> dict[str, dict[str, int]]:
         "progress_poll_quiet": counted(storage, lambda: StudyProgress(100, "bench", disable=True).poll(study)),
         "progress_poll_watching": counted(storage, lambda: lines.poll(study)),
         # once per study, by the process that creates it
-        "study_note": counted(storage, lambda: annotate_new_study(study, settings, build_space("cnn"))),
+        "study_note": counted(storage, lambda: annotate_new_study(study, settings, build_space("cnn"), {})),
     }
 
 

@@ -8,19 +8,20 @@ optional extra: without it the study simply has no note.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 
 from cifar_hpo.search.settings import SUBSET_VAL_MAX, SUBSET_VAL_MIN, SUBSET_VAL_RATIO, StudySettings, default_val_size
-from cifar_hpo.spaces import bound_overrides, declared_priors, get_space_module
-from cifar_hpo.spaces.bounds import describe, outside_bounds, pinned_values, space_bounds
+from cifar_hpo.spaces import bound_overrides, get_space_module, place_recipe
+from cifar_hpo.spaces.bounds import describe, space_bounds
 
 _logger = logging.getLogger(__name__)
 
 
-def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
-    """The note's Markdown: settings first, then one table row per bound (overridden ones marked)."""
+def study_note(study_name: str, settings: StudySettings, space: Any, declared: Mapping[str, Any]) -> str:
+    """The note's Markdown: settings first, then one table row per bound (overridden ones marked).
+    ``declared``: the recipes the space config declares (``spaces.declared_priors``)."""
     data = settings.data or "CIFAR-10 through keras.datasets"
     subset = f"a stratified subset of {settings.subset} training images" if settings.subset else "all training images"
     validation = f"{settings.val_size} validation images"
@@ -53,14 +54,9 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
            if settings.precision == "auto" else ""),
     ]
     if settings.priors and settings.engine == "optuna":
-        built_in = getattr(get_space_module(settings.space), "PRIORS", {})
-        declared = declared_priors(settings.space, settings.space_overrides, space)
-        pinned = pinned_values(space)
-
-        def enqueued(params: dict[str, Any]) -> bool:  # with the values the study pins, as study_setup queues it
-            return not outside_bounds(space, {**params, **{k: v for k, v in pinned.items() if k in params}})
-
-        priors = [f"`{name}`" for name, config in built_in.items() if enqueued(config.to_params())]
+        built_in = get_space_module(settings.space).PRIORS
+        priors = [f"`{name}`" for name, config in built_in.items()
+                  if not place_recipe(settings.space, space, config).refusal]
         priors += [f"`{name}` (from the space config)" for name in declared]
         if priors:
             lines.append("- **Priors** enqueued after the baseline (strong known recipes, `--no-priors` turns them "
@@ -81,11 +77,11 @@ def study_note(study_name: str, settings: StudySettings, space: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def annotate_new_study(study: optuna.Study, settings: StudySettings, space: Any) -> None:
+def annotate_new_study(study: optuna.Study, settings: StudySettings, space: Any, declared: Mapping[str, Any]) -> None:
     """Save the note on a study just created; skipped (debug log) when optuna-dashboard is not installed."""
     try:
         from optuna_dashboard import save_note
     except ImportError:
         _logger.debug("optuna-dashboard is not installed; study %r gets no note", study.study_name)
         return
-    save_note(study, study_note(study.study_name, settings, space))
+    save_note(study, study_note(study.study_name, settings, space, declared))

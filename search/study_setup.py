@@ -12,8 +12,7 @@ from cifar_hpo.search.models.data import Cifar10, Split, load_cifar10, split_tra
 from cifar_hpo.search.errors import ConfigError
 from cifar_hpo.search.study_note import annotate_new_study
 from cifar_hpo.search.settings import StudySettings, absolute_data_path, make_pruner, make_sampler, resolve
-from cifar_hpo.spaces import build_space, declared_priors, get_space_module, load_overrides
-from cifar_hpo.spaces.bounds import outside_bounds, pinned_values
+from cifar_hpo.spaces import build_space, declared_priors, get_space_module, load_overrides, place_recipe
 from cifar_hpo.storage import make_storage, open_study, study_exists
 from cifar_hpo.storage.studies import create_or_load_study
 from cifar_hpo.storage.urls import DEFAULT_HEARTBEAT_S, is_memory, normalize_url, sqlite_path
@@ -56,7 +55,7 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
     if prepared is None or exists:  # exists: the stored settings decide (another process may have created it)
         stored = StudySettings.from_study(optuna.load_study(study_name=name, storage=storage)) if exists else None
         prepared = _prepare(stored, given, name, data_override, space_config)
-    settings, space, data = prepared
+    settings, space, declared, data = prepared
     split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
     notes: list[str] = []
     if exists:
@@ -64,18 +63,18 @@ def open_hpo_study(url: str, name: str, given: dict[str, Any] | None, *,
 
     def prepare(study: optuna.Study) -> None:  # runs only in the process that creates the study
         study.set_metric_names([METRIC_NAME])  # optuna-dashboard labels its axes with it instead of "Objective Value"
-        annotate_new_study(study, settings, space)
+        annotate_new_study(study, settings, space, declared)
         note = enqueue_baseline(study, settings.space, space) if settings.baseline else ""
         if note:
             notes.append(note)
         if settings.priors and settings.engine == "optuna":  # KerasTuner draws its own first trials
-            notes.extend(enqueue_priors(study, settings.space, space, settings.space_overrides))
+            notes.extend(enqueue_priors(study, settings.space, space, declared))
 
     study, created = create_or_load_study(storage, name, settings.to_attrs(), sampler=make_sampler(settings),
                                           pruner=make_pruner(settings), prepare=prepare)
     if not created:  # another process created it since our check: resume it, refused if the settings differ
         stored = StudySettings.from_study(study)
-        settings, _ = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
+        settings, _, _ = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
         check_fingerprint(settings, data.fingerprint(), settings.data, f"study {name!r}")
         settings = dataclasses.replace(settings, data_fingerprint=data.fingerprint())
         split = split_train_val(data, settings.val_size, settings.subset, settings.seed)
@@ -104,29 +103,31 @@ def _given_with_paths(given: dict[str, Any] | None, stored: StudySettings | None
 
 
 def _prepare(stored: StudySettings | None, given: dict[str, Any] | None, name: str, data_override: str | None,
-             space_config: str | None) -> tuple[StudySettings, Any, Cifar10]:
-    """Settings, space and data for this command; every ConfigError a bad flag can cause comes from here."""
-    settings, space = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
+             space_config: str | None) -> tuple[StudySettings, Any, dict[str, Any], Cifar10]:
+    """Settings, space, declared priors and data for this command; every ConfigError a bad flag can cause
+    comes from here."""
+    settings, space, declared = _settings(stored, _given_with_paths(given, stored, space_config), data_override)
     data = load_study_data(settings, None, f"study {name!r}")
-    return dataclasses.replace(settings, data_fingerprint=data.fingerprint()), space, data
+    return dataclasses.replace(settings, data_fingerprint=data.fingerprint()), space, declared, data
 
 
 def _settings(stored: StudySettings | None, given: dict[str, Any],
-              data_override: str | None) -> tuple[StudySettings, Any]:
-    """This command's settings (stored ones checked against ``given``) and the search space they define."""
+              data_override: str | None) -> tuple[StudySettings, Any, dict[str, Any]]:
+    """This command's settings (stored ones checked against ``given``), the search space they define and the
+    recipes their space config declares (``declared_priors``), checked here, before anything is written."""
     settings = resolve(stored, given)
     if data_override is not None:
         settings = dataclasses.replace(settings, data=absolute_data_path(data_override))
     try:
         space = build_space(settings.space, settings.space_overrides, settings.space_version)
-        declared_priors(settings.space, settings.space_overrides, space)  # checked before anything is written
+        declared = declared_priors(settings.space, settings.space_overrides, space)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"space {settings.space!r}: {err}") from None
     if settings.space == "inception":
         from cifar_hpo.search.models.inception import check_weights
 
         check_weights(settings.weights)
-    return settings, space
+    return settings, space, declared
 
 
 def _load(storage: Any, name: str, settings: StudySettings) -> optuna.Study:
@@ -152,39 +153,28 @@ def check_fingerprint(settings: StudySettings, fingerprint: str, path: str | Non
 
 def enqueue_baseline(study: optuna.Study, space_name: str, space: Any) -> str:
     """Queue the hand-tuned model as the first trial, unless the (overridden) bounds exclude it."""
-    module = get_space_module(space_name)
-    return _enqueue_inside(study, space, module, module.BASELINE, {"baseline": True}, "seed baseline")
+    baseline = get_space_module(space_name).BASELINE
+    return _enqueue_inside(study, space_name, space, baseline, {"baseline": True}, "seed baseline")
 
 
-def enqueue_priors(study: optuna.Study, space_name: str, space: Any,
-                   overrides: dict[str, Any] | None = None) -> list[str]:
+def enqueue_priors(study: optuna.Study, space_name: str, space: Any, declared: dict[str, Any]) -> list[str]:
     """Queue the space's strong known recipes (after the baseline), those the bounds exclude skipped, then
-    the recipes the space config declares (``overrides``' [SPACE.priors.NAME] tables, checked inside the bounds)."""
-    module = get_space_module(space_name)
-    priors = {**getattr(module, "PRIORS", {}), **declared_priors(space_name, overrides, space)}
-    notes = [_enqueue_inside(study, space, module, config, {"prior": name}, f"prior {name!r}")
+    ``declared``: the recipes the space config declares (``declared_priors``, already checked)."""
+    priors = {**get_space_module(space_name).PRIORS, **declared}
+    notes = [_enqueue_inside(study, space_name, space, config, {"prior": name}, f"prior {name!r}")
              for name, config in priors.items()]
     return [note for note in notes if note]
 
 
-def _enqueue_inside(study: optuna.Study, space: Any, module: Any, config: Any, user_attrs: dict[str, Any],
+def _enqueue_inside(study: optuna.Study, space_name: str, space: Any, config: Any, user_attrs: dict[str, Any],
                     what: str) -> str:
-    """Queue ``config`` as a trial, with the values the space pins (``value = X``) in place of its own: a
-    study that fixes e.g. the input size means the recipe at that size. Returns "" if queued unchanged, else
-    the note saying what was changed, or which bounds exclude it."""
-    params = config.to_params()
-    pinned = {name: value for name, value in pinned_values(space).items() if name in params and params[name] != value}
-    params.update(pinned)
-    outside = outside_bounds(space, params)
-    if outside:
-        return f"{what} not enqueued: its {', '.join(outside)} lie outside this study's bounds"
-    if pinned:
-        try:
-            changed = module.config_from_params(params)  # validates the values together
-            getattr(changed, "check_feasible", lambda: None)()
-        except ValueError as err:  # InfeasibleConfig included
-            return f"{what} not enqueued: with the pinned {', '.join(pinned)} it cannot be built ({err})"
-    study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
-    if pinned:
-        return f"{what} enqueued with the study's pinned " + ", ".join(f"{k} = {v}" for k, v in pinned.items())
+    """Queue ``config`` as ``place_recipe`` places it. Returns "" if queued unchanged, else the note saying
+    which pinned values changed it, or why it was not queued."""
+    placement = place_recipe(space_name, space, config)
+    if placement.refusal:
+        return f"{what} not enqueued: {placement.refusal}"
+    study.enqueue_trial(placement.params, user_attrs=user_attrs, skip_if_exists=True)
+    if placement.pinned:
+        pins = ", ".join(f"{key} = {value}" for key, value in placement.pinned.items())
+        return f"{what} enqueued with the study's pinned {pins}"
     return ""

@@ -1,7 +1,8 @@
 """WHAT is searched. Pure Python (no TensorFlow): each space is bounds as data + suggest(trial) -> Config.
 
-Every space module exports NAME, Space (a frozen dataclass of bounds), Config, suggest(trial, space),
-BASELINE (a Config enqueued as the first trial), config_from_params(params) and InfeasibleConfig.
+Every space module exports NAME, Space (a frozen dataclass of bounds), Config (with to_params() and
+check_feasible(), which raises InfeasibleConfig), suggest(trial, space), BASELINE (a Config enqueued as the
+first trial), PRIORS (strong known Configs, enqueued after it) and config_from_params(params).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from cifar_hpo.spaces.bounds import outside_bounds, with_overrides
+from cifar_hpo.spaces.bounds import outside_bounds, pinned_values, with_overrides
 
 try:
     import tomllib
@@ -95,7 +96,7 @@ def declared_priors(name: str, overrides: Mapping[str, Any] | None, space: Any) 
     if not isinstance(tables, Mapping) or not all(isinstance(table, Mapping) for table in tables.values()):
         raise ValueError(f"[{name}.{PRIORS_TABLE}] must hold one table per recipe, e.g. [{name}.{PRIORS_TABLE}.my_recipe] "
                          'with like = "..." and the fields it changes')
-    built_in = {BASELINE_NAME: module.BASELINE, **getattr(module, "PRIORS", {})}
+    built_in = {BASELINE_NAME: module.BASELINE, **module.PRIORS}
     known = {field.name for field in dataclasses.fields(module.Config)}
     configs: dict[str, Any] = {}
     for prior, table in tables.items():
@@ -111,7 +112,7 @@ def declared_priors(name: str, overrides: Mapping[str, Any] | None, space: Any) 
             raise ValueError(f"{what}: unknown field(s) {unknown}; the {name} space's are {sorted(known)}")
         try:
             config = dataclasses.replace(built_in[like], **fields) if like else module.Config(**fields)
-            getattr(config, "feature_map_sizes", getattr(config, "check_feasible", lambda: None))()
+            config.check_feasible()
         except (TypeError, ValueError) as err:  # the config's own checks (InfeasibleConfig included)
             missing = [] if like else sorted(n for n in known if n not in fields and _required(module.Config, n))
             if missing:
@@ -124,6 +125,34 @@ def declared_priors(name: str, overrides: Mapping[str, Any] | None, space: Any) 
                              "them or change the recipe")
         configs[prior] = config
     return configs
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """A recipe as a study of some space would enqueue it (``place_recipe``)."""
+
+    params: dict[str, Any]  # the trial's parameters, the space's pinned values in place of the recipe's own
+    pinned: dict[str, Any]  # the pinned values that replaced the recipe's
+    refusal: str = ""  # why the study cannot enqueue it ("" when it can)
+
+
+def place_recipe(name: str, space: Any, config: Any) -> Placement:
+    """``config`` (the baseline or a prior) in ``space``: a study that pins a value (``value = X``, e.g. the
+    input size) means the recipe at that value; one whose bounds exclude the recipe, or where the pinned
+    values cannot be built with the rest, refuses it. The one rule for what is enqueued and what the study
+    note lists."""
+    params = config.to_params()
+    pinned = {key: value for key, value in pinned_values(space).items() if key in params and params[key] != value}
+    params.update(pinned)
+    outside = outside_bounds(space, params)
+    if outside:
+        return Placement(params, pinned, f"its {', '.join(outside)} lie outside this study's bounds")
+    if pinned:
+        try:
+            get_space_module(name).config_from_params(params).check_feasible()  # the values together
+        except ValueError as err:  # InfeasibleConfig included
+            return Placement(params, pinned, f"with the pinned {', '.join(pinned)} it cannot be built ({err})")
+    return Placement(params, pinned)
 
 
 def _required(config_class: type, field_name: str) -> bool:

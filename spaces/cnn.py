@@ -166,6 +166,10 @@ class CnnConfig:
         """Spatial size after each block; raises InfeasibleConfig if the map shrinks to nothing."""
         return _feature_map_sizes(self.depth, self.convs_per_block, self.kernel_size, self.padding, image_size)
 
+    def check_feasible(self) -> None:
+        """Raises InfeasibleConfig when the blocks shrink the image to nothing (every space's Config has it)."""
+        self.feature_map_sizes()
+
     def to_params(self) -> dict[str, Any]:
         """The trial parameters that describe this config, named as ``suggest`` asks them (for enqueueing)."""
         params = asdict(self)
@@ -243,7 +247,7 @@ def suggest(trial: optuna.trial.BaseTrial, space: CnnSpace | None = None) -> Cnn
     space = space or CnnSpace()
     if isinstance(space, LegacyCnnSpace):  # version 1: every bound is a parameter, as that release asked them
         config = CnnConfig(**suggest_params(space, trial), augment_policy="legacy")
-        config.feature_map_sizes()
+        config.check_feasible()
         return config
     ask = lambda name: getattr(space, name).suggest(trial, name)  # noqa: E731 (one-line helper)
     values: dict[str, Any] = {name: ask(name) for name in ("block", "depth", "convs_per_block", "base_filters",
@@ -262,7 +266,7 @@ def suggest(trial: optuna.trial.BaseTrial, space: CnnSpace | None = None) -> Cnn
                  "use_ema"):
         values[name] = ask(name)
     config = CnnConfig(**values)
-    config.feature_map_sizes()
+    config.check_feasible()
     return config
 
 

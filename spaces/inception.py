@@ -126,6 +126,9 @@ BASELINE = InceptionConfig(
     unfreeze_blocks=2, input_size=139, pooling="avg", head_dropout=0.3, head_dense=256, head_lr=1e-3,
     finetune_lr_fraction=0.1, warmup_epochs=2, label_smoothing=0.0, batch_size=64, augment_strength=0.5,
 )
+# No built-in recipes besides the baseline: the hand-run project's is already a fine-tuning recipe, and a
+# space config can declare more ([inception.priors.NAME]).
+PRIORS: dict[str, InceptionConfig] = {}
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: InceptionSpace | None = None) -> InceptionConfig:

@@ -39,9 +39,9 @@ def test_subset_without_val_size_gets_a_proportionate_validation_split() -> None
     assert resolve(None, {"preset": "full"}).val_size == 5000
     stored = StudySettings(subset=9000, val_size=1000)
     assert resolve(stored, {"subset": 9000}).val_size == 1000  # a resume keeps the stored split
-    note = study_note("s", resolve(None, {"subset": 9000}), build_space("cnn"))
+    note = study_note("s", resolve(None, {"subset": 9000}), build_space("cnn"), {})
     assert "1000 validation images (the default for --subset 9000" in note
-    assert "(the default" not in study_note("s", StudySettings(subset=9000, val_size=700), build_space("cnn"))
+    assert "(the default" not in study_note("s", StudySettings(subset=9000, val_size=700), build_space("cnn"), {})
 
 
 def test_new_study_names_its_metric(tmp_path: Path, tiny_npz: Path) -> None:

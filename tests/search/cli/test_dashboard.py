@@ -192,7 +192,7 @@ def hammered(tmp_path_factory: pytest.TempPathFactory):
     name, url, per_writer = "hammer", f"sqlite:///{work / 'study.db'}", 25
     settings = StudySettings(data=str(work / "tiny.npz"), val_size=100, epochs=5, n_trials=2 * per_writer)
     annotate_new_study(open_study(make_storage(url), name, create_attrs=settings.to_attrs()), settings,
-                       build_space("cnn"))
+                       build_space("cnn"), {})
     dashboard = Dashboard(url, work, "--study", name)
     try:
         sid = study_id(dashboard, name)
