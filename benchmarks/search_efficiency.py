@@ -3,9 +3,12 @@
 Strategies, each on the `cnn` space with the same data split per seed and an equal budget of training epochs:
   a) the service's default: TPE + Hyperband pruning, seed baseline enqueued first, run through the service's
      own Objective and run_worker (what `hpo search` runs);
-  b) random search without pruning (no baseline);
+  b) random search without pruning: a bare Optuna RandomSampler study (neither the seed baseline nor the
+     service's priors enqueued): what a practitioner's own script would run;
   c) KerasTuner Hyperband through `--engine kerastuner` (cifar_hpo.search.engines.kerastuner; no baseline);
-plus the seed baseline trained alone with the same data and max epochs.
+plus the seed baseline trained alone with the same data and max epochs. Diagnostics, run only when named in
+--strategies: (a) without the baseline, and random search after the service's priors (how much of (a)'s lead
+over (b) the priors make, and how much TPE + Hyperband adds to them).
 
 Budget: epochs actually trained, counted per trial (a pruned trial counts the epochs it ran; a KerasTuner
 Hyperband round that resumes a checkpoint counts only its new epochs). A run starts no trial once the budget
@@ -58,11 +61,12 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 STRATEGIES = {
     "a_tpe_hyperband": "service default: TPE + Hyperband pruning (+ seed baseline first)",
-    "b_random_nopruning": "random search, no pruning",
+    "b_random_nopruning": "random search, no pruning (no baseline, no priors)",
     "c_kerastuner_hyperband": "KerasTuner Hyperband (--engine kerastuner)",
 }
-# Diagnostics, run only when named in --strategies: how much of (a) is the enqueued baseline?
-EXTRA_STRATEGIES = {"a_nobaseline": "TPE + Hyperband pruning without the seed baseline"}
+# Diagnostics, run only when named in --strategies: how much of (a) is the enqueued baseline, the priors?
+EXTRA_STRATEGIES = {"a_nobaseline": "TPE + Hyperband pruning without the seed baseline",
+                    "b_random_priors": "random search, no pruning, after the service's priors (no baseline)"}
 DEFAULT_STRATEGIES = tuple(STRATEGIES)
 STRATEGIES.update(EXTRA_STRATEGIES)
 # The strategies whose pruner is the service's Hyperband: run once per --min-resources value.
@@ -162,7 +166,11 @@ def given_for(strategy: str, args: argparse.Namespace, seed: int, min_resource: 
         return {**common, "engine": "optuna", "sampler": None, "pruner": None, "baseline": False,
                 "min_resource": min_resource}
     if strategy == "b_random_nopruning":
-        return {**common, "engine": "optuna", "sampler": "random", "pruner": "none", "baseline": False}
+        return {**common, "engine": "optuna", "sampler": "random", "pruner": "none", "baseline": False,
+                "priors": False}
+    if strategy == "b_random_priors":
+        return {**common, "engine": "optuna", "sampler": "random", "pruner": "none", "baseline": False,
+                "priors": None}
     return {**common, "engine": "kerastuner", "sampler": None, "pruner": None, "baseline": False}
 
 
@@ -385,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": state.data["started"],
         "machine": machine(),
         "config": config,
-        "strategies": {s: STRATEGIES[s] for s in strategies},
+        "strategies": {s: STRATEGIES[s] for s in strategies},  # plus those of runs an earlier command made (below)
         "definitions": {
             "epochs_used": "training epochs actually run by the strategy's trials (a resumed Hyperband round "
                            "counts only its new epochs); may exceed the budget by the last trial's overshoot",
@@ -401,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         state.save()
+        for run in result["runs"]:
+            result["strategies"].setdefault(run["strategy"], STRATEGIES.get(run["strategy"], run["strategy"]))
         result["summary"] = summarize(result["runs"], result["baselines"], args.budget_epochs)
         args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
 
@@ -422,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
             save()
             finished_here += 1
             if args.max_runs is not None and finished_here >= args.max_runs:
-                left = args.seeds * len(variants(strategies, args.min_resources)) - len(result["runs"])
+                planned = {f"{run_key(s, k)}-s{seed}" for seed in range(args.seeds)
+                           for s, k in variants(strategies, args.min_resources)}
+                left = len(planned - {f"{r.get('key', r['strategy'])}-s{r['seed']}" for r in result["runs"]})
                 print(f"search_efficiency: stopped after {finished_here} runs (--max-runs); {left} left, "
                       "the same command goes on", file=sys.stderr)
                 return 0

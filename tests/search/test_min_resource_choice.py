@@ -59,6 +59,26 @@ def test_hyperband_strategies_run_once_per_first_rung_and_the_others_once() -> N
         ("a_tpe_hyperband", 1), ("a_tpe_hyperband", 3), ("b_random_nopruning", None)]
 
 
+def test_random_search_is_bare_and_its_priors_diagnostic_starts_from_the_services_recipes(tmp_path,
+                                                                                           tiny_npz) -> None:
+    """(b) is what a practitioner's own RandomSampler script runs: no trial enqueued. The diagnostic
+    b_random_priors gets the service's priors (not the baseline) first, as (a) does."""
+    import argparse
+
+    from cifar_hpo.search.study_setup import open_hpo_study
+
+    bench = load_benchmark()
+    args = argparse.Namespace(max_epochs=2, train=None, val=100, data=str(tiny_npz))
+    queued = {}
+    for strategy in ("b_random_nopruning", "b_random_priors", "a_tpe_hyperband"):
+        opened = open_hpo_study(f"sqlite:///{tmp_path / 'b.db'}", strategy, bench.given_for(strategy, args, 0, 1))
+        queued[strategy] = [t.user_attrs for t in opened.study.get_trials()]
+    assert queued["b_random_nopruning"] == []
+    assert queued["b_random_priors"] == [{"prior": "vgg_bn"}, {"prior": "resnet"}]
+    assert queued["a_tpe_hyperband"] == [{"baseline": True}, {"prior": "vgg_bn"}, {"prior": "resnet"}]
+    assert "b_random_priors" not in bench.DEFAULT_STRATEGIES
+
+
 def test_finished_runs_are_taken_from_the_committed_json_when_the_state_folder_is_gone(tmp_path) -> None:
     """A long run spread over fresh machines: the JSON written after each finished run is its memory, but only
     for the same configuration; --fresh ignores it."""
