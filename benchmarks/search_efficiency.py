@@ -32,7 +32,7 @@ the finished runs from the JSON it finds at --out, if that JSON was written by t
 it as the runs finish, and a run of many hours can be spread over several machines or sessions (only the run
 under way when one stopped starts over).
 
-Writes the JSON to --out and a PNG (best-so-far vs cumulative epochs) next to it.
+Writes the JSON to --out and a PNG (best-so-far vs cumulative epochs) next to it, both after every finished run.
 """
 
 from __future__ import annotations
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             result["strategies"].setdefault(run["strategy"], STRATEGIES.get(run["strategy"], run["strategy"]))
         result["summary"] = summarize(result["runs"], result["baselines"], args.budget_epochs)
         args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        plot(result, args.out.with_suffix(".png"))  # the curves so far, for a benchmark spread over sessions
 
     workdir = args.state / "kerastuner"
     finished_here = 0
@@ -440,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
-    plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result["summary"], indent=1))
     return 0
 
