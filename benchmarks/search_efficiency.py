@@ -290,6 +290,7 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
     # search's final best within half the budget in every seed, and its mean is ahead of random's by more
     # than one standard deviation (the larger of the two strategies' seed-to-seed standard deviations).
     random_runs = {r["seed"]: r for r in runs if r["strategy"] == "b_random_nopruning"}
+    after_priors = {r["seed"]: r["best_val_accuracy"] for r in runs if r["strategy"] == "b_random_priors"}
     random_best = summary.get("b_random_nopruning", {}).get("best_val_accuracy", {})
     kerastuner_mean = summary.get("c_kerastuner_hyperband", {}).get("best_val_accuracy", {}).get("mean")
     targets = {}
@@ -312,6 +313,11 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
             "a_ahead_of_c": None if kerastuner_mean is None or mine.get("mean") is None else mine["mean"] > kerastuner_mean,
             "a_reaches_b_final_within_half_budget": reach,
             "met": bool(ahead and reach and all(r["within_half_budget"] for r in reach)),
+            # Not a target: per seed, what TPE + Hyperband adds over random search after the same priors.
+            "vs_random_after_priors": [
+                {"seed": run["seed"], "margin": round(run["best_val_accuracy"] - after_priors[run["seed"]], 5),
+                 "a_reaches_it_at_epoch": epochs_to_reach(run["curve"], after_priors[run["seed"]])}
+                for run in runs if run.get("key", run["strategy"]) == key and run["seed"] in after_priors],
         }
     summary["target"] = targets
     summary["min_resource_choice"] = choose_min_resource(targets, summary)

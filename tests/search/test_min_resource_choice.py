@@ -53,6 +53,16 @@ def test_one_seed_cannot_meet_the_spread_target_and_the_choice_says_so() -> None
     assert summary["min_resource_choice"]["min_resource"] == 2
 
 
+def test_random_search_after_the_priors_is_compared_per_seed_but_is_not_the_target() -> None:
+    bench = load_benchmark()
+    runs = [run("b_random_nopruning", 0, 0.60, 100), run("b_random_priors", 0, 0.72, 16),
+            run("a_tpe_hyperband@mr1", 0, 0.73, 7), run("a_tpe_hyperband@mr1", 1, 0.70, 7)]
+    target = bench.summarize(runs, [], BUDGET)["target"]["a_tpe_hyperband@mr1"]
+    assert target["vs_random_after_priors"] == [{"seed": 0, "margin": 0.01, "a_reaches_it_at_epoch": 7}]
+    assert target["margin_over_b"] == 0.115  # the mean of (a)'s seeds 0 and 1 against (b), the bare random search
+    assert [r["b_final_best"] for r in target["a_reaches_b_final_within_half_budget"]] == [0.60]
+
+
 def test_hyperband_strategies_run_once_per_first_rung_and_the_others_once() -> None:
     bench = load_benchmark()
     assert bench.variants(["a_tpe_hyperband", "b_random_nopruning"], [1, 3]) == [
