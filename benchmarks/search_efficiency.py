@@ -119,6 +119,11 @@ def run_key(strategy: str, min_resource: int | None) -> str:
     return strategy if min_resource is None else f"{strategy}@mr{min_resource}"
 
 
+def key_of(run: dict[str, Any]) -> str:
+    """A finished run's ``run_key`` (runs recorded before first rungs were compared have only a strategy)."""
+    return run.get("key", run["strategy"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Curves from recorded trials
 
@@ -279,9 +284,9 @@ def mean_std(values: list[float]) -> dict[str, float | None]:
 
 def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    keys = list(dict.fromkeys(r.get("key", r["strategy"]) for r in runs))
+    keys = list(dict.fromkeys(key_of(r) for r in runs))
     for key in keys:
-        mine = [r for r in runs if r.get("key", r["strategy"]) == key]
+        mine = [r for r in runs if key_of(r) == key]
         summary[key] = {field: mean_std([r[field] for r in mine])
                         for field in ("best_val_accuracy", "epochs_used", "wall_seconds", "trials")}
     summary["baseline"] = {"best_val_accuracy": mean_std([b["best_val_accuracy"] for b in baselines]),
@@ -296,8 +301,9 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
     targets = {}
     for key in (k for k in keys if k.split("@")[0] == "a_tpe_hyperband"):
         mine = summary[key]["best_val_accuracy"]
+        key_runs = [r for r in runs if key_of(r) == key]
         reach = []
-        for run in (r for r in runs if r.get("key", r["strategy"]) == key and r["seed"] in random_runs):
+        for run in (r for r in key_runs if r["seed"] in random_runs):
             b_best = random_runs[run["seed"]]["best_val_accuracy"]
             at = epochs_to_reach(run["curve"], b_best)
             reach.append({"seed": run["seed"], "b_final_best": b_best, "a_reaches_it_at_epoch": at,
@@ -317,7 +323,7 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
             "vs_random_after_priors": [
                 {"seed": run["seed"], "margin": round(run["best_val_accuracy"] - after_priors[run["seed"]], 5),
                  "a_reaches_it_at_epoch": epochs_to_reach(run["curve"], after_priors[run["seed"]])}
-                for run in runs if run.get("key", run["strategy"]) == key and run["seed"] in after_priors],
+                for run in key_runs if run["seed"] in after_priors],
         }
     summary["target"] = targets
     summary["min_resource_choice"] = choose_min_resource(targets, summary)
@@ -361,7 +367,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(dict.fromkeys(run.get("key", run["strategy"]) for run in result["runs"]))
+    keys = list(dict.fromkeys(key_of(run) for run in result["runs"]))
     palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink")
     colours = {key: palette[i % len(palette)] for i, key in enumerate(keys)}
     styles = ["-", "--", ":", "-."]
@@ -369,7 +375,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for run in result["runs"]:
         if run["curve"]:
             xs, ys = zip(*run["curve"])
-            key = run.get("key", run["strategy"])
+            key = key_of(run)
             ax.step(xs, ys, where="post", color=colours[key], linestyle=styles[run["seed"] % len(styles)],
                     label=f"{key} (seed {run['seed']})")
     for base in result["baselines"]:
@@ -430,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             save()
         for strategy, min_resource in variants(strategies, args.min_resources):
             key = run_key(strategy, min_resource)
-            if any(r.get("key", r["strategy"]) == key and r["seed"] == seed for r in result["runs"]):
+            if any(key_of(r) == key and r["seed"] == seed for r in result["runs"]):
                 continue  # finished by an earlier process
             run = run_strategy(strategy, args, seed, workdir, min_resource, state.storage_url)
             result["runs"].append(run)
@@ -439,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             save()
             finished_here += 1
             if args.max_runs is not None and finished_here >= args.max_runs:
-                planned = {f"{run_key(s, k)}-s{seed}" for seed in range(args.seeds)
+                planned = {(run_key(s, k), seed) for seed in range(args.seeds)
                            for s, k in variants(strategies, args.min_resources)}
-                left = len(planned - {f"{r.get('key', r['strategy'])}-s{r['seed']}" for r in result["runs"]})
+                left = len(planned - {(key_of(r), r["seed"]) for r in result["runs"]})
                 print(f"search_efficiency: stopped after {finished_here} runs (--max-runs); {left} left, "
                       "the same command goes on", file=sys.stderr)
                 return 0
