@@ -9,15 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cifar_hpo.search.cli.search import (STORAGE_ENV, add_budget_flags, add_storage_flags, add_study_flags,
                                          budget, given_settings, start_notes, summary_line)
 from cifar_hpo.search.errors import ConfigError, ExitCode
 from cifar_hpo.search.settings import run_timeout
 from cifar_hpo.search.runtime.interrupts import STOP_SIGNALS, signals_held
+from cifar_hpo.search.runtime.processes import fail_trials_of_processes, trial_process_pids
 from cifar_hpo.storage.masking import mask_url
 from cifar_hpo.storage.urls import is_memory, sqlite_path
+
+if TYPE_CHECKING:
+    import optuna
 
 SQLITE_WRITERS_WARNING = 4
 STOP_GRACE_S = 30  # above a worker's own grace for its trial process (processes.CHILD_STOP_GRACE_S)
@@ -56,8 +60,11 @@ def worker_env(index: int, gpus: list[str], storage: str) -> dict[str, str]:
     return env
 
 
-def stop_workers(workers: list[subprocess.Popen]) -> None:
-    """SIGTERM (each marks its running trial FAIL and exits), then SIGKILL after a grace period."""
+def stop_workers(workers: list[subprocess.Popen], study: optuna.Study) -> None:
+    """SIGTERM (each marks its running trial FAIL and exits), then SIGKILL after a grace period. Then the
+    trials still RUNNING of the trial processes the workers ran are marked FAIL from here: a worker killed
+    after its grace (and its trial process with it) could not do it."""
+    trial_processes = [pid for proc in workers if proc.poll() is None for pid in trial_process_pids(proc.pid)]
     for proc in workers:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -68,6 +75,7 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    fail_trials_of_processes(study, trial_processes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(1.0)
     finally:
         if stop:
-            stop_workers(workers)
+            stop_workers(workers, opened.study)
         progress.poll(opened.study)
         progress.close()
         for signum, handler in previous.items():

@@ -17,10 +17,14 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from cifar_hpo.search.errors import ExitCode, SearchStopped
 from cifar_hpo.search.runtime.interrupts import interrupted, signals_held
+
+if TYPE_CHECKING:
+    import optuna
 
 _logger = logging.getLogger(__name__)
 
@@ -131,9 +135,10 @@ def _safe(on_poll: Callable[[], None]) -> Callable[[], None]:
 
 def stop_child(child: multiprocessing.process.BaseProcess, job: ChildJob) -> None:
     """SIGTERM: the trial process marks its running trial FAIL and exits. One still alive after
-    CHILD_STOP_GRACE_S (its interrupt lost in native code, or a write waiting on a busy database) is killed and
-    its running trial marked FAIL from here; killed without that, the trial would stay RUNNING until a
-    stale-trial check, and `hpo launch` kills a worker that outlives its own grace (and the child with it)."""
+    CHILD_STOP_GRACE_S (its interrupt lost in native code, or a write waiting on a busy database) is killed.
+    Either way, once it is gone its trials still RUNNING are marked FAIL from here (its own write may not have
+    landed); left RUNNING, a trial would wait for a stale-trial check, and `hpo launch` kills a worker that
+    outlives its own grace (and the child with it)."""
     if child.is_alive():
         child.terminate()
     child.join(CHILD_STOP_GRACE_S)
@@ -142,27 +147,59 @@ def stop_child(child: multiprocessing.process.BaseProcess, job: ChildJob) -> Non
                         CHILD_STOP_GRACE_S)
         child.kill()
         child.join()
-        fail_trials_of_process(job, child.pid)
+    fail_trials_of_process(job, child.pid)
 
 
 def fail_trials_of_process(job: ChildJob, pid: int | None) -> None:
-    """Mark FAIL the study's RUNNING trials that the trial process ``pid`` of this machine ran (their
-    WORKER_ATTR, search/runtime/objective.py); if the storage cannot be reached, their heartbeats go stale and
-    a stale-trial check fails them later."""
+    """Mark FAIL the study's RUNNING trials that the trial process ``pid`` of this machine ran (it is gone)."""
     import optuna
-    from optuna.trial import TrialState
 
-    from cifar_hpo.search.runtime.worker import fail_trials
     from cifar_hpo.storage import make_storage
-    from cifar_hpo.storage.attrs import WORKER_ATTR, process_tag
 
     try:
         study = optuna.load_study(study_name=job.study, storage=make_storage(job.url, create=False))
+    except Exception as err:  # stopping: nothing more to do here
+        _logger.warning("could not mark the stopped trial process's trial FAIL (%s); a stale-trial check will", err)
+        return
+    fail_trials_of_processes(study, [pid] if pid is not None else [])
+
+
+def fail_trials_of_processes(study: optuna.Study, pids: list[int]) -> None:
+    """Mark FAIL the study's RUNNING trials that these gone trial processes of this machine ran (their
+    WORKER_ATTR, search/runtime/objective.py). If the storage does not take the write, their heartbeats go stale
+    and a stale-trial check fails them later."""
+    from optuna.trial import TrialState
+
+    from cifar_hpo.search.runtime.worker import fail_trials
+    from cifar_hpo.storage.attrs import WORKER_ATTR, process_tag
+
+    if not pids:
+        return
+    tags = {process_tag(pid) for pid in pids}
+    try:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     except Exception as err:  # stopping: nothing more to do here
-        _logger.warning("could not mark the killed trial process's trial FAIL (%s); a stale-trial check will", err)
+        _logger.warning("could not read the running trials to mark a stopped trial process's trial FAIL (%s); "
+                        "a stale-trial check will", err)
         return
-    fail_trials(study, [t.number for t in running if t.user_attrs.get(WORKER_ATTR) == process_tag(pid)])
+    left = fail_trials(study, [t.number for t in running if t.user_attrs.get(WORKER_ATTR) in tags])
+    if left:
+        _logger.warning("could not mark trial(s) %s FAIL; a stale-trial check will", left)
+
+
+def trial_process_pids(worker_pid: int) -> list[int]:
+    """The trial processes a worker process runs now: its children, read from /proc (Linux); elsewhere none,
+    and the worker's own clean-up (stop_child) is all there is."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after its last ")"
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended while we looked
+            continue
+        if fields[1:2] == [str(worker_pid)]:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seconds: float = 1.0) -> int:
@@ -191,6 +228,7 @@ def run_in_child_processes(job: ChildJob, on_poll: Callable[[], None], poll_seco
         if code in (ExitCode.OK, ExitCode.FAILURE, ExitCode.CONFIG):
             return code
         if code == ExitCode.INTERRUPTED or code == -signal.SIGTERM:
+            fail_trials_of_process(job, child.pid)  # stopped by a signal of its own: its FAIL may not have landed
             raise KeyboardInterrupt
         crashes += 1  # killed by a signal or the OOM killer: its trial is failed and retried via heartbeats
         print(f"hpo: trial process died (exit {code}); starting a new one", file=sys.stderr)

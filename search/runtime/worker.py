@@ -273,6 +273,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.trial.Trial], fl
                 raise
             except Exception as err:
                 if interrupted():  # stopping: a storage that fails now is not waited for (proxy.stop_waiting_when)
+                    fail_trials(study, [trial.number for trial in current])  # e.g. Optuna's own tell of FAIL failed
                     raise KeyboardInterrupt from None
                 objective_ran = bool(ended)  # guarded() ran this trial's objective: the error came after it
                 ended.clear()  # a trial whose tell failed gets no after-trial step (it would reset storage_errors)
@@ -332,17 +333,20 @@ def _where(study: optuna.Study) -> str:
     return mask_url(str(storage.url)) if storage is not None else "in memory"
 
 
-def fail_trials(study: optuna.Study, numbers: list[int | None]) -> None:
+def fail_trials(study: optuna.Study, numbers: list[int | None]) -> list[int]:
     """Mark this worker's trials FAIL unless they already finished, if the storage still takes that write (a
     full disk may, a read-only file does not); otherwise their heartbeat goes stale and another worker fails
-    them later."""
+    them later. Returns the numbers it could not mark."""
+    left = []
     for number in numbers:
         if number is None:
             continue
         try:
             study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        except Exception as err:  # the storage refuses (or the trial is gone): nothing more this worker can do
+        except Exception as err:  # the storage refuses (or the trial is gone): nothing more this process can do
             _logger.debug("could not mark trial %d FAIL: %s", number, err)
+            left.append(number)
+    return left
 
 
 def _budget_slack(study: optuna.Study, n_trials: int | None, poll_seconds: float,

@@ -114,14 +114,44 @@ def create_tiny_study(url: str, name: str, npz: Path, **given: Any) -> optuna.St
 def stubborn_trial_process(job: Any) -> None:
     """A trial process (search/runtime/processes.py child_main's stand-in) that runs one trial and never stops
     on SIGTERM, as one whose interrupt was lost in native code."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _ask_as_trial_process(job)
+    time.sleep(120)  # bounded: a worker that fails to kill it leaves no process behind for long
+
+
+def trial_process_that_exits_unheard(job: Any) -> None:
+    """A trial process that stops on SIGTERM at once, its trial's FAIL never written: as one whose write was
+    refused by a busy database while it stopped."""
     import os
     import signal
     import time
 
+    from cifar_hpo.search.errors import ExitCode
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(ExitCode.INTERRUPTED))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held while its worker started it
+    _ask_as_trial_process(job)
+    time.sleep(120)
+
+
+def trial_process_interrupted_unheard(job: Any) -> None:
+    """A trial process that a terminal's Ctrl-C stopped before its worker did, its trial's FAIL never written."""
+    import os
+
+    from cifar_hpo.search.errors import ExitCode
+
+    _ask_as_trial_process(job)
+    os._exit(ExitCode.INTERRUPTED)
+
+
+def _ask_as_trial_process(job: Any) -> None:
+    """Start a trial, tagged with this process as search/runtime/objective.py tags it."""
+    import os
+
     from cifar_hpo.storage.attrs import WORKER_ATTR, process_tag
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    study = optuna.load_study(study_name=job.study, storage=job.url)
-    trial = study.ask()
-    trial.set_user_attr(WORKER_ATTR, process_tag(os.getpid()))  # as search/runtime/objective.py tags it
-    time.sleep(120)  # bounded: a worker that fails to kill it leaves no process behind for long
+    trial = optuna.load_study(study_name=job.study, storage=job.url).ask()
+    trial.set_user_attr(WORKER_ATTR, process_tag(os.getpid()))
