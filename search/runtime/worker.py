@@ -334,9 +334,9 @@ def _where(study: optuna.Study) -> str:
 
 
 def fail_trials(study: optuna.Study, numbers: list[int | None]) -> list[int]:
-    """Mark this worker's trials FAIL unless they already finished, if the storage still takes that write (a
-    full disk may, a read-only file does not); otherwise their heartbeat goes stale and another worker fails
-    them later. Returns the numbers it could not mark."""
+    """Mark these trials FAIL unless they already finished, if the storage still takes that write (a full disk
+    may, a read-only file does not); otherwise their heartbeat goes stale and another worker fails them later.
+    Returns the numbers it could not mark."""
     left = []
     for number in numbers:
         if number is None:
