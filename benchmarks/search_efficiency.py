@@ -293,15 +293,18 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
                            "final_val_accuracy": mean_std([b["final_val_accuracy"] for b in baselines])}
     # The targets, for each run of the service's default strategy (one per first rung): it reaches random
     # search's final best within half the budget in every seed, and its mean is ahead of random's by more
-    # than one standard deviation (the larger of the two strategies' seed-to-seed standard deviations).
+    # than one standard deviation (the larger of the two strategies' seed-to-seed standard deviations). Means
+    # are over the seeds both have run, so a series still under way compares like with like.
     random_runs = {r["seed"]: r for r in runs if r["strategy"] == "b_random_nopruning"}
     after_priors = {r["seed"]: r["best_val_accuracy"] for r in runs if r["strategy"] == "b_random_priors"}
-    random_best = summary.get("b_random_nopruning", {}).get("best_val_accuracy", {})
     kerastuner_mean = summary.get("c_kerastuner_hyperband", {}).get("best_val_accuracy", {}).get("mean")
     targets = {}
     for key in (k for k in keys if k.split("@")[0] == "a_tpe_hyperband"):
         mine = summary[key]["best_val_accuracy"]
         key_runs = [r for r in runs if key_of(r) == key]
+        paired = sorted({r["seed"] for r in key_runs} & set(random_runs))
+        a_paired = mean_std([r["best_val_accuracy"] for r in key_runs if r["seed"] in paired])
+        b_paired = mean_std([random_runs[seed]["best_val_accuracy"] for seed in paired])
         reach = []
         for run in (r for r in key_runs if r["seed"] in random_runs):
             b_best = random_runs[run["seed"]]["best_val_accuracy"]
@@ -309,13 +312,13 @@ def summarize(runs: list[dict[str, Any]], baselines: list[dict[str, Any]], budge
             reach.append({"seed": run["seed"], "b_final_best": b_best, "a_reaches_it_at_epoch": at,
                           "within_half_budget": at is not None and at <= budget / 2})
         ahead = margin = None
-        if mine.get("mean") is not None and random_best.get("mean") is not None:
-            margin = round(mine["mean"] - random_best["mean"], 5)
-            if min(mine["n"], random_best["n"]) >= 2:  # one seed has no spread to compare with
-                ahead = margin > max(mine["std"], random_best["std"])
+        if paired:
+            margin = round(a_paired["mean"] - b_paired["mean"], 5)
+            if len(paired) >= 2:  # one seed has no spread to compare with
+                ahead = margin > max(a_paired["std"], b_paired["std"])
         targets[key] = {
             "a_ahead_of_b": None if margin is None else margin > 0,
-            "a_ahead_of_b_by_more_than_one_std": ahead, "margin_over_b": margin,
+            "a_ahead_of_b_by_more_than_one_std": ahead, "margin_over_b": margin, "seeds_compared": paired,
             "a_ahead_of_c": None if kerastuner_mean is None or mine.get("mean") is None else mine["mean"] > kerastuner_mean,
             "a_reaches_b_final_within_half_budget": reach,
             "met": bool(ahead and reach and all(r["within_half_budget"] for r in reach)),
